@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from trainer.base import register_adapter
+
+register_adapter("curve", "tests.fakes:CurveAdapter")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in a temporary folder, so ``studies/`` and its caches are private to the test."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def write_space(tmp_path):
+    """Write a space YAML into tmp_path and return its path."""
+
+    def write(text: str, name: str = "space.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+os.environ.setdefault("YOLO_OFFLINE", "true")

@@ -1,0 +1,105 @@
+"""A deterministic adapter for testing the search side without training a network.
+
+Its "accuracy" is a smooth function of lr0, freeze and momentum that rises over epochs, so a
+sampler can find a better configuration than the baseline and a pruner sees real curves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.base import Adapter, ConfigError, Pruned, Reporter, TrialError, TrialResult
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    epochs: int = 4
+    sleep: float = 0.0
+    fail_above_lr0: float | None = None  # lr0 above this raises TrialError (a diverged run)
+    crash_above_lr0: float | None = None  # lr0 above this raises RuntimeError (a bug)
+    data: str | None = None
+
+
+class CurveAdapter(Adapter):
+    name = "curve"
+    supported_keys = frozenset({"lr0", "momentum", "freeze", "lr_decay", "fliplr", "optimizer"})
+    metrics = ("val/acc", "val/loss")
+    default_metric = "val/acc"
+
+    def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
+        super().__init__(settings, cache_dir)
+        known = set(CurveSettings.__dataclass_fields__)
+        for key in settings:
+            if key not in known:
+                raise ConfigError(key, "unknown setting")
+        if not isinstance(settings.get("epochs", 4), int) or settings.get("epochs", 4) < 1:
+            raise ConfigError("epochs", "must be a positive integer")
+        self.settings = CurveSettings(**settings)
+        self.n_prepared = 0
+
+    @classmethod
+    def default_hyp(cls) -> dict[str, Any]:
+        return {
+            "lr0": 0.01,
+            "lrf": 0.01,
+            "momentum": 0.937,
+            "freeze": 0,
+            "lr_decay": 1.0,
+            "fliplr": 0.5,
+            "optimizer": "SGD",
+        }
+
+    def settings_dict(self) -> dict[str, Any]:
+        return asdict(self.settings)
+
+    def limits(self) -> dict[str, tuple[float, float]]:
+        return {"freeze": (0, 5)}
+
+    def check_data(self) -> None:
+        if self.settings.data is not None and not Path(self.settings.data).exists():
+            raise ConfigError("data", f"no such directory: {self.settings.data}")
+
+    def prepare(self) -> None:
+        self.n_prepared += 1
+
+    def quality(self, hyp: Mapping[str, Any]) -> float:
+        # best near lr0=0.03, freeze=3, momentum=0.9
+        lr_term = math.exp(-((math.log10(hyp["lr0"]) - math.log10(0.03)) ** 2))
+        freeze_term = 1.0 - 0.05 * abs(int(hyp["freeze"]) - 3)
+        mom_term = 1.0 - abs(hyp["momentum"] - 0.9)
+        return 0.9 * lr_term * freeze_term * mom_term
+
+    def run(self, hyp: Mapping[str, Any], reporter: Reporter, trial_dir: Path) -> TrialResult:
+        result = TrialResult(
+            n_params_trainable=100 - 10 * int(hyp["freeze"]),
+            n_params_frozen=10 * int(hyp["freeze"]),
+            peak_memory_mb=1.0,
+        )
+        s = self.settings
+        if s.crash_above_lr0 is not None and hyp["lr0"] > s.crash_above_lr0:
+            raise RuntimeError("simulated crash in the training code")
+        q = self.quality(hyp)
+        started = time.perf_counter()
+        for epoch in range(s.epochs):
+            if s.sleep:
+                time.sleep(s.sleep)
+            if s.fail_above_lr0 is not None and hyp["lr0"] > s.fail_above_lr0:
+                raise TrialError(f"non-finite loss at epoch {epoch}", result)
+            acc = q * (1 - math.exp(-(epoch + 1)))
+            metrics = {"val/acc": acc, "val/loss": 1 - acc}
+            result.add_epoch(metrics)
+            # cost falls with freeze: a frozen prefix runs forward only
+            result.train_seconds = (time.perf_counter() - started) + 0.1 * (epoch + 1) * (
+                6 - int(hyp["freeze"])
+            )
+            try:
+                reporter.report(epoch, metrics)
+            except Pruned as exc:
+                exc.result = result
+                raise
+        return result

@@ -1,0 +1,150 @@
+"""The command line: exit codes, one-line errors, outputs in the default places."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tuner.cli import main
+
+SPACE = """
+trainer: {adapter: curve, epochs: 3}
+objective: {metric: val/acc}
+base: {lr0: 0.001, momentum: 0.7}
+search: {n_trials: 6, seed: 1, pruner: {name: median, args: {n_startup_trials: 2}}}
+space:
+  freeze: {type: int, low: 0, high: 5}
+  lr0: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
+"""
+
+
+@pytest.fixture
+def space(workdir):
+    path = workdir / "demo-cli.yaml"
+    path.write_text(SPACE)
+    return path
+
+
+def test_search_writes_best_hyp_and_resolved_config(space, workdir, capsys):
+    assert main(["search", "--space", str(space)]) == 0
+    out, err = capsys.readouterr()
+    assert "trial 6/6" in err and "best " in err and "baseline trial" in err
+    best = workdir / "studies" / "demo-cli" / "best_hyp.yaml"
+    assert best.exists() and (workdir / "studies" / "demo-cli.db").exists()
+    resolved = yaml.safe_load((workdir / "studies" / "demo-cli" / "config.yaml").read_text())
+    assert resolved["trainer"] == {
+        "adapter": "curve",
+        "epochs": 3,
+        "sleep": 0.0,
+        "fail_above_lr0": None,
+        "crash_above_lr0": None,
+        "data": None,
+    }
+    assert "gain +" in out  # printed with the gain over the baseline
+    # a re-run of the finished study only reports
+    assert main(["search", "--space", str(space)]) == 0
+    assert "nothing to run" in capsys.readouterr().err
+
+
+def test_flags_override_the_space_file(space, workdir, capsys):
+    assert (
+        main(
+            [
+                "search",
+                "--space",
+                str(space),
+                "--n-trials",
+                "2",
+                "--study",
+                "other",
+                "--out",
+                "x/best.yaml",
+                "--set",
+                "trainer.epochs=2",
+            ]
+        )
+        == 0
+    )
+    assert (workdir / "x" / "best.yaml").exists()
+    assert (workdir / "studies" / "other.db").exists()
+    capsys.readouterr()
+    assert main(["status", "--storage", "sqlite:///studies/other.db"]) == 0
+    out = capsys.readouterr().out
+    assert "complete" in out and "top 5" in out and "baseline" in out
+
+
+def test_export_and_status(space, workdir, capsys):
+    main(["search", "--space", str(space)])
+    capsys.readouterr()
+    url = "sqlite:///studies/demo-cli.db"
+    assert main(["export", "--storage", url, "--trial", "0", "--out", "t0.yaml"]) == 0
+    assert yaml.safe_load((workdir / "t0.yaml").read_text())["lr0"] == 0.001
+    assert main(["export", "--storage", url, "--study", "nope", "--out", "t.yaml"]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
+    assert main(["export", "--storage", url, "--trial", "99", "--out", "t.yaml"]) == 2
+
+
+def test_validate_prints_resolved_config(space, capsys):
+    assert main(["validate", str(space)]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["study"] == "demo-cli" and resolved["search"]["n_trials"] == 6
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["validate", "missing.yaml"], "missing.yaml: no such file"),
+        (["search", "--space", "SPACE", "--n-trials", "0"], "search.n_trials: must be > 0"),
+        (
+            ["search", "--space", "SPACE", "--storage", "nope"],
+            "--storage: 'nope' is not a storage",
+        ),
+        (
+            ["search", "--space", "SPACE", "--set", "trainer.data=/no/such"],
+            "trainer.data: no such directory",
+        ),
+        (["status", "--storage", "sqlite:////proc/no/such.db"], "--storage"),
+    ],
+)
+def test_input_errors_exit_2_with_one_line(space, capsys, args, expected):
+    args = [str(space) if a == "SPACE" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unwritable_output_fails_before_training(space, workdir, capsys):
+    # a path below a regular file cannot be created, even by root (CI runs as root)
+    (workdir / "afile").write_text("")
+    code = main(["search", "--space", str(space), "--out", "afile/sub/best.yaml"])
+    assert code == 2 and "--out: cannot write afile/sub/best.yaml" in capsys.readouterr().err
+    assert not (workdir / "studies" / "demo-cli.db").exists()
+
+
+def test_console_entry_points_and_debug(space, workdir):
+    env_cmd = [sys.executable, "-m", "tuner"]
+    done = subprocess.run([*env_cmd, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "search" in done.stdout
+    for sub in ("search", "export", "status", "validate", "blocks"):
+        done = subprocess.run([*env_cmd, sub, "--help"], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, sub
+    bad = workdir / "bad.yaml"
+    bad.write_text(
+        "trainer: {adapter: torchvision}\nspace: {lr0: {type: float, low: 1, high: 0}}\n"
+    )
+    done = subprocess.run(
+        [*env_cmd, "validate", str(bad)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"tuner: error: {bad}: space.lr0: low (1) must be < high (0)"
+    done = subprocess.run(
+        [*env_cmd, "validate", str(bad), "--debug"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 1 and "Traceback" in done.stderr
+    done = subprocess.run([*env_cmd, "search"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2  # usage error

@@ -1,0 +1,145 @@
+"""The search side end to end on the deterministic curve adapter (real Optuna, real SQLite)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from tests.fakes import CurveAdapter
+from tuner import study as st
+from tuner.errors import InputError, StudyError
+from tuner.export import export, load_hyp
+from tuner.objective import Objective
+from tuner.space import load_space
+
+SPACE = """
+study: s
+trainer: {adapter: curve, epochs: 5}
+objective: {metric: val/acc, direction: maximize}
+base: {lr0: 0.001, momentum: 0.7, freeze: 0}
+search:
+  n_trials: 12
+  seed: 0
+  sampler: {name: tpe, args: {n_startup_trials: 4}}
+  pruner: {name: median, args: {n_startup_trials: 3, n_warmup_steps: 1}}
+space:
+  freeze: {type: int, low: 0, high: 5}
+  lr0: {type: float, low: 1.0e-4, high: 1.0, log: true}
+  momentum: {type: float, low: 0.6, high: 0.98}
+"""
+
+
+def run_study(tmp_path, text=SPACE, overrides=(), storage=None):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    config = load_space(path, overrides)
+    adapter = config.make_adapter(tmp_path / "cache")
+    storage = storage or f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    study = st.create_or_load(config, st.open_storage(storage), config.to_dict(adapter), "test")
+    st.enqueue_baseline(study, config, config.base_hyp(adapter))
+    objective = Objective(config, adapter, config.base_hyp(adapter), tmp_path / "out")
+    st.run(study, objective, config, [])
+    return config, study
+
+
+def test_study_prunes_and_beats_baseline(tmp_path):
+    _, study = run_study(tmp_path)
+    by_state = st.counts(study)
+    assert by_state["COMPLETE"] + by_state["PRUNED"] == 12
+    assert by_state["PRUNED"] >= 3  # the pruner really stopped trials early
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert all(t.user_attrs["epochs_run"] < 5 for t in pruned)
+    base = st.baseline_trial(study)
+    assert base.number == 0 and base.params == {"freeze": 0, "lr0": 0.001, "momentum": 0.7}
+    assert study.best_value > base.value
+    best = study.best_trial
+    assert best.user_attrs["hyp"]["lrf"] == 0.01  # adapter default kept for unsearched keys
+    assert (tmp_path / "out" / "trials" / f"{best.number:04d}" / "hyp.yaml").exists()
+    assert len(best.intermediate_values) == 5
+
+
+def test_resume_adds_only_missing_trials(tmp_path):
+    _, study = run_study(tmp_path, overrides=["search.n_trials=4"])
+    assert st.n_finished(study) == 4
+    _, study = run_study(tmp_path, overrides=["search.n_trials=7"])
+    assert st.n_finished(study) == 7
+    assert len(study.trials) == 7  # resumed, not restarted; one baseline only
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
+    _, study = run_study(tmp_path, overrides=["search.n_trials=7"])
+    assert len(study.trials) == 7  # a finished study runs nothing
+
+
+def test_failed_trials_do_not_count_and_keep_their_reason(tmp_path):
+    _, study = run_study(
+        tmp_path,
+        overrides=["search.n_trials=6", "trainer.fail_above_lr0=0.3", "search.max_failures=50"],
+    )
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert st.n_finished(study) == 6
+    assert failed, "the space reaches lr0 > 0.3, so some trials must fail"
+    assert all("non-finite loss" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_crashing_setup_stops_after_max_failures(tmp_path):
+    with pytest.raises(StudyError, match="3 failed trials in a row"):
+        run_study(
+            tmp_path,
+            overrides=[
+                "trainer.crash_above_lr0=0.0",
+                "search.max_failures=3",
+                "search.baseline=false",
+            ],
+        )
+
+
+def test_export_round_trip(tmp_path):
+    _, study = run_study(tmp_path, overrides=["search.n_trials=5"])
+    out = tmp_path / "best.yaml"
+    pick, text = export(study, out, command="tuner search --space x")
+    loaded = load_hyp(out)
+    assert loaded == pick.trial.user_attrs["hyp"]
+    assert set(CurveAdapter.default_hyp()) <= set(loaded)
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    joined = "\n".join(header)
+    assert f"trial: {study.best_trial.number}" in joined
+    assert "baseline (trial 0)" in joined and "gain +" in joined
+    assert "command: tuner search --space x" in joined and "date: " in joined
+    # freeze-strategy keys come last, after the plain hyp keys
+    keys = list(yaml.safe_load(text))
+    assert keys[-2:] == ["freeze", "lr_decay"]
+    # a chosen trial
+    _, text = export(study, out, number=1)
+    assert load_hyp(out) == study.trials[1].user_attrs["hyp"]
+
+
+def test_unknown_pruner_and_bad_args_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="search.pruner.name: unknown pruner 'medain'"):
+        run_study(tmp_path, SPACE.replace("name: median", "name: medain"))
+    with pytest.raises(InputError, match="search.sampler.args.n_startup: not an argument of tpe"):
+        run_study(tmp_path, SPACE.replace("n_startup_trials: 4", "n_startup: 4"))
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "nosuchdb://x/y", "postgresql://u@127.0.0.1:1/db"])
+def test_bad_storage_urls(url):
+    with pytest.raises(InputError, match="--storage"):
+        st.open_storage(url)
+
+
+def test_journal_storage(tmp_path):
+    _, study = run_study(
+        tmp_path, overrides=["search.n_trials=3"], storage=f"journal:{tmp_path / 'j.log'}"
+    )
+    assert st.n_finished(study) == 3
+
+
+def test_multi_objective_study_disables_pruning(tmp_path):
+    text = SPACE.replace(
+        "objective: {metric: val/acc, direction: maximize}",
+        "objective: [{metric: val/acc, direction: maximize}, {metric: train_time}]",
+    )
+    config, study = run_study(tmp_path, text, overrides=["search.n_trials=5"])
+    assert st.pruning_disabled_notice(config)
+    assert st.counts(study)["COMPLETE"] == 5
+    assert all(len(t.values) == 2 for t in study.trials)
+    assert study.directions[1] == optuna.study.StudyDirection.MINIMIZE

@@ -1,0 +1,403 @@
+"""The ``tuner`` command: the only place that parses argv, prints and picks exit codes.
+
+Exit codes: 0 ok, 1 study failure, 2 usage or input error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from tuner.errors import InputError, TunerError
+
+EXIT_INTERRUPTED = 130
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+class Progress:
+    """One line per finished trial (n/N, state counts, best so far), a live epoch line on a TTY."""
+
+    def __init__(self, n_total: int, metric: str, direction: str, stream: TextIO) -> None:
+        self.n_total = n_total
+        self.metric = metric
+        self.maximize = direction == "maximize"
+        self.stream = stream
+        self.live = stream.isatty()
+        self.started = time.perf_counter()
+        self.max_epochs: int | None = None
+
+    def epoch(self, number: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Live line for the running trial (terminals only; logs get one line per trial)."""
+        if not self.live:
+            return
+        value = metrics.get(self.metric)
+        shown = f"{value:.4f}" if isinstance(value, int | float) else "?"
+        of = f"/{self.max_epochs}" if self.max_epochs else ""
+        self.stream.write(f"\r  trial #{number} epoch {epoch + 1}{of}  {self.metric} {shown}   ")
+        self.stream.flush()
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        from tuner.study import best_trial, counts
+
+        by_state = counts(study)
+        n_done = by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0)
+        state = trial.state.name
+        epochs = trial.user_attrs.get("epochs_run")
+        detail = f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs is not None else ""
+        if state == "COMPLETE" and trial.values:
+            detail += f"  {self.metric} {trial.values[0]:.4f}"
+        if state == "FAIL":
+            detail += f"  reason: {trial.user_attrs.get('fail_reason', 'unknown')}"
+        if trial.user_attrs.get("baseline"):
+            detail += "  (baseline)"
+        best = best_trial(study) if len(study.directions) == 1 else None
+        best_txt = f"best {best.value:.4f} (#{best.number})" if best is not None else "best -"
+        line = (
+            f"trial {n_done}/{self.n_total}  #{trial.number} {state:<8} {detail.strip()}"
+            f"  | complete {by_state.get('COMPLETE', 0)}, pruned {by_state.get('PRUNED', 0)},"
+            f" failed {by_state.get('FAIL', 0)} | {best_txt}"
+            f" | {time.perf_counter() - self.started:.0f}s"
+        )
+        if self.live:
+            self.stream.write("\r" + " " * 70 + "\r")
+        print(line, file=self.stream, flush=True)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _space_overrides(args: argparse.Namespace) -> list[str]:
+    # CLI flags are overrides of space fields, applied before validation (precedence:
+    # defaults < space file < flags), so their errors name the same fields.
+    flags = [
+        ("study", args.study),
+        ("search.n_trials", getattr(args, "n_trials", None)),
+        ("search.timeout", getattr(args, "timeout", None)),
+        ("search.seed", getattr(args, "seed", None)),
+    ]
+    return [f"{key}={value}" for key, value in flags if value is not None] + list(args.set or [])
+
+
+def _cache_dir() -> Path:
+    from tuner.study import STUDIES_DIR
+
+    return STUDIES_DIR / ".cache"
+
+
+def _load(args: argparse.Namespace):
+    from tuner.space import load_space
+
+    return load_space(args.space, _space_overrides(args), _cache_dir())
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any training when the output cannot be written."""
+    import tempfile
+
+    if path.is_dir():
+        raise InputError("--out", None, f"{path} is a directory, expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise InputError("--out", None, f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _adapter_checked(config: Any):
+    from trainer.base import ConfigError
+
+    adapter = config.make_adapter(_cache_dir())
+    try:
+        adapter.check_data()
+    except ConfigError as exc:
+        raise InputError(config.source, f"trainer.{exc.field}", exc.message) from None
+    return adapter
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import yaml
+
+    from tuner import study as st
+    from tuner.export import export, write_atomic
+    from tuner.objective import Objective
+
+    st.quiet_optuna()
+    config = _load(args)
+    storage_url = args.storage or st.default_storage(config.study)
+    out_dir = st.STUDIES_DIR / config.study
+    out = Path(args.out) if args.out else out_dir / "best_hyp.yaml"
+    _check_writable(out)
+    adapter = _adapter_checked(config)
+    storage = st.open_storage(storage_url)
+    resolved = config.to_dict(adapter)
+    command = "tuner " + shlex.join(args.argv)
+    study = st.create_or_load(config, storage, resolved, command)
+    write_atomic(out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    err = sys.stderr
+    target = config.objective.primary
+    n_done = st.n_finished(study)
+    n_total = config.search.n_trials
+    print(
+        f"study {config.study!r}  storage {storage_url}  adapter {config.trainer.adapter}  "
+        f"objective {target.metric} ({target.direction})",
+        file=err,
+    )
+    notice = st.pruning_disabled_notice(config)
+    if notice:
+        print(notice, file=err)
+    if n_done >= n_total:
+        print(
+            f"study already has {n_done} finished trials (of {n_total}); nothing to run", file=err
+        )
+    else:
+        if n_done:
+            print(f"resuming: {n_done} finished trials, {n_total - n_done} to run", file=err)
+        if st.enqueue_baseline(study, config, config.base_hyp(adapter)):
+            print("baseline trial (base values) enqueued first", file=err)
+        print("preparing trainer (data decoded once, shared by all trials)...", file=err)
+        started = time.perf_counter()
+        adapter.prepare()
+        print(f"ready in {time.perf_counter() - started:.1f}s", file=err)
+        progress = Progress(n_total, target.metric, target.direction, err)
+        progress.max_epochs = resolved["trainer"].get("epochs")
+        objective = Objective(config, adapter, config.base_hyp(adapter), out_dir, progress.epoch)
+        try:
+            st.run(study, objective, config, [progress])
+        except KeyboardInterrupt:
+            print("\ninterrupted: the running trial is recorded as failed", file=err)
+            _write_best(study, out, command, quiet=False)
+            return EXIT_INTERRUPTED
+    if config.objective.is_multi:
+        print(_status_text(study, storage_url), file=sys.stdout)
+        return 0
+    try:
+        pick, text = export(study, out, command=command)
+    except InputError as exc:
+        print(f"no configuration written: {exc.message}", file=err)
+        return 1
+    print(f"\nbest configuration written to {out}:\n", file=err)
+    print(text, file=sys.stdout)
+    return 0
+
+
+def _write_best(study: Any, out: Path, command: str, quiet: bool) -> None:
+    from tuner.export import export
+
+    try:
+        export(study, out, command=command)
+        if not quiet:
+            print(f"best configuration so far written to {out}", file=sys.stderr)
+    except InputError as exc:
+        print(f"no configuration written: {exc.message}", file=sys.stderr)
+
+
+def _open_study(args: argparse.Namespace):
+    import optuna
+
+    from tuner import study as st
+
+    st.quiet_optuna()
+    storage = st.open_storage(args.storage, heartbeat=False)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    name = args.study
+    if name is None:
+        if len(names) != 1:
+            listed = ", ".join(names) if names else "none"
+            raise InputError("--study", None, f"name one study; {args.storage} holds: {listed}")
+        name = names[0]
+    if name not in names:
+        listed = ", ".join(names) if names else "none"
+        raise InputError(
+            "--study", None, f"no study {name!r} in {args.storage}; it holds: {listed}"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tuner.export import export
+
+    study = _open_study(args)
+    _check_writable(Path(args.out))
+    pick, text = export(
+        study, Path(args.out), args.trial, args.format, "tuner " + shlex.join(args.argv)
+    )
+    print(f"trial {pick.trial.number} ({pick.rule}) written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _status_text(study: Any, storage_url: str) -> str:
+    from tuner import study as st
+
+    by_state = st.counts(study)
+    metrics = study.user_attrs.get("metrics") or ["value"]
+    directions = [d.name.lower() for d in study.directions]
+    lines = [
+        f"study {study.study_name}  ({storage_url})",
+        "objective " + ", ".join(f"{m} ({d})" for m, d in zip(metrics, directions)),
+        f"trials {sum(by_state.values())}: "
+        + ", ".join(f"{s.lower()} {n}" for s, n in sorted(by_state.items())),
+    ]
+    complete = study.get_trials(deepcopy=False, states=(st.TrialState.COMPLETE,))
+    if len(directions) == 1:
+        best = st.best_trial(study)
+        base = st.baseline_trial(study)
+        if best is not None:
+            text = f"best {best.value:.6g} (trial {best.number})"
+            if base is not None:
+                text += f"   baseline {base.value:.6g} (trial {base.number})"
+                text += f"   gain {best.value - base.value:+.6g}"
+            lines.append(text)
+        reverse = directions[0] == "maximize"
+        top = sorted(complete, key=lambda t: t.value, reverse=reverse)[:5]
+        title = "top 5"
+    else:
+        top = study.best_trials
+        title = "pareto front"
+    if top:
+        lines.append(f"{title}:")
+        lines.append(f"  {'trial':>5}  {'value':>20}  {'epochs':>6}  params")
+        for t in top:
+            value = ", ".join(f"{v:.4g}" for v in t.values)
+            params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+            epochs = t.user_attrs.get("epochs_run", "")
+            lines.append(f"  {t.number:>5}  {value:>20}  {epochs!s:>6}  {params}")
+    failed = study.get_trials(deepcopy=False, states=(st.TrialState.FAIL,))
+    if failed:
+        lines.append("failed:")
+        for t in failed[-5:]:
+            lines.append(
+                f"  {t.number:>5}  {t.user_attrs.get('fail_reason', 'no reason recorded')}"
+            )
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    study = _open_study(args)
+    print(_status_text(study, args.storage))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    config = _load(args)
+    adapter = _adapter_checked(config)
+    print(f"# {args.space}: ok", file=sys.stderr)
+    print(yaml.safe_dump(config.to_dict(adapter), sort_keys=False), end="")
+    return 0
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(config.make_adapter(_cache_dir()).describe())
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _add_space_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", required=True, help="search-space YAML (see spaces/demo.yaml)")
+    p.add_argument("--study", help="study name (default: the space's `study`, or its file name)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a space field, e.g. --set trainer.epochs=3 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommands)."""
+    from trainer.formats import FORMATS
+
+    parser = argparse.ArgumentParser(
+        prog="tuner",
+        description="Hyperparameter search for the freeze strategy of transfer learning.",
+        epilog="Add --debug anywhere to see tracebacks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "search",
+        help="run or resume a study",
+        description=(
+            "Run (or resume) a study. --n-trials is the study's total: complete and pruned trials "
+            "count, failed ones do not; a resumed study runs only the missing trials."
+        ),
+    )
+    _add_space_flags(p)
+    p.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
+    p.add_argument("--n-trials", type=int, help="total finished trials wanted")
+    p.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
+    p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--out", help="best hyp file (default: studies/<study>/best_hyp.yaml)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="write the hyp YAML of the best or a chosen trial")
+    p.add_argument("--storage", required=True, help="storage URL")
+    p.add_argument("--study", help="study name (optional when the storage holds one)")
+    p.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument(
+        "--format", choices=sorted(FORMATS), help="file layout (default: the adapter's own)"
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("status", help="trials by state, best value, top-5 trials")
+    p.add_argument("--storage", required=True, help="storage URL")
+    p.add_argument("--study", help="study name (optional when the storage holds one)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("validate", help="check a space file and print the resolved config")
+    p.add_argument("space", help="search-space YAML")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    p.set_defaults(func=cmd_validate, study=None)
+
+    p = sub.add_parser("blocks", help="print what each freeze index means for the space's model")
+    _add_space_flags(p)
+    p.set_defaults(func=cmd_blocks)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on usage errors
+    args.argv = argv
+    try:
+        return args.func(args)
+    except TunerError as exc:
+        if debug:
+            raise
+        print(f"tuner: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - one clear line unless --debug
+        if debug:
+            raise
+        print(
+            f"tuner: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,175 @@
+"""One trial: sample, merge with the base hyp, train through the adapter, record, return.
+
+Failures never escape as anything but a FAIL trial with a stored reason (``fail_reason``), so the
+study goes on; a prune signal becomes ``optuna.TrialPruned``.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from trainer.base import Adapter, Pruned, TrialError, TrialResult
+from tuner.space import ParamSpec, StudyConfig
+
+EpochHook = Callable[[int, int, Mapping[str, float]], None]
+
+
+def suggest(trial: optuna.Trial, spec: ParamSpec) -> Any:
+    """Sample one parameter according to its spec."""
+    if spec.type == "categorical":
+        return trial.suggest_categorical(spec.name, list(spec.choices))
+    if spec.type == "int":
+        return trial.suggest_int(spec.name, spec.low, spec.high, step=spec.step or 1, log=spec.log)
+    return trial.suggest_float(spec.name, spec.low, spec.high, step=spec.step, log=spec.log)
+
+
+def cost_value(result: TrialResult, metric: str) -> float | None:
+    """The cost metrics every adapter measures (accuracy-vs-cost objectives)."""
+    if metric == "train_time":
+        return result.train_seconds
+    if metric == "peak_memory":
+        return result.peak_memory_mb
+    return None
+
+
+class OptunaReporter:
+    """Reports the objective metric per epoch to Optuna and raises :class:`Pruned` on demand.
+
+    ``prune`` is False for multi-objective studies, which Optuna can neither prune nor store
+    intermediate values for.
+    """
+
+    def __init__(
+        self, trial: optuna.Trial, metric: str, prune: bool, on_epoch: EpochHook | None = None
+    ) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.prune = prune
+        self.on_epoch = on_epoch
+
+    def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        if self.metric not in metrics:
+            raise TrialError(
+                f"metric {self.metric!r} was not reported; got {', '.join(sorted(metrics))}"
+            )
+        value = float(metrics[self.metric])
+        if not math.isfinite(value):
+            raise TrialError(f"{self.metric} is {value} at epoch {epoch}")
+        if self.prune:
+            # Optuna keeps intermediate values for single-objective studies only; multi-objective
+            # trials keep their curves in the `history` user attr instead.
+            self.trial.report(value, epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(self.trial.number, epoch, metrics)
+        if self.prune and self.trial.should_prune():
+            raise Pruned(epoch)
+
+
+def reduce_metric(history: list[dict[str, float]], metric: str, direction: str, how: str) -> float:
+    """The trial's value for ``metric``: the best epoch or the last one."""
+    values = [float(h[metric]) for h in history if metric in h]
+    if not values:
+        raise TrialError(f"metric {metric!r} was never reported")
+    if how == "last":
+        return values[-1]
+    return max(values) if direction == "maximize" else min(values)
+
+
+class Objective:
+    """Callable for ``study.optimize``.
+
+    Args:
+        config: The validated space.
+        adapter: A prepared adapter (data decoded once, shared by every trial of this process).
+        base_hyp: Every hyp key with its base value.
+        out_dir: The study's output folder; trials go to ``out_dir/trials/<number>``.
+        on_epoch: Progress hook ``(trial number, epoch, metrics)``.
+    """
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        adapter: Adapter,
+        base_hyp: Mapping[str, Any],
+        out_dir: Path,
+        on_epoch: EpochHook | None = None,
+    ) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.base_hyp = dict(base_hyp)
+        self.out_dir = out_dir
+        self.on_epoch = on_epoch
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        params = {name: suggest(trial, spec) for name, spec in self.config.space.items()}
+        hyp = {**self.base_hyp, **params}
+        trial_dir = self.out_dir / "trials" / f"{trial.number:04d}"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        hyp_path = trial_dir / "hyp.yaml"
+        hyp_path.write_text(yaml.safe_dump(hyp, sort_keys=False))
+        trial.set_user_attr("hyp", hyp)
+        trial.set_user_attr("hyp_path", str(hyp_path))
+        objective = self.config.objective
+        reporter = OptunaReporter(
+            trial, objective.primary.metric, prune=not objective.is_multi, on_epoch=self.on_epoch
+        )
+        started = time.perf_counter()
+        try:
+            result = self.adapter.run(hyp, reporter, trial_dir)
+        except Pruned as exc:
+            self._record(trial, exc.result, started)
+            raise optuna.TrialPruned(str(exc)) from None
+        except TrialError as exc:
+            self._record(trial, exc.result, started)
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            if "out of memory" in reason.lower():
+                reason = f"out of memory: {reason}"
+            trial.set_user_attr("fail_reason", reason[:2000])
+            raise
+        finally:
+            # Free what a large trial left behind before the next one allocates.
+            gc.collect()
+            _empty_cuda_cache()
+        self._record(trial, result, started)
+        values = []
+        for target in objective.targets:
+            cost = cost_value(result, target.metric)
+            if cost is None:
+                values.append(
+                    reduce_metric(
+                        result.history, target.metric, target.direction, objective.reduce
+                    )
+                )
+            else:
+                values.append(float(cost))
+        return values if objective.is_multi else values[0]
+
+    def _record(self, trial: optuna.Trial, result: TrialResult | None, started: float) -> None:
+        trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 4))
+        if result is None:
+            return
+        for key, value in result.attrs().items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("history", result.history)
+
+
+def _empty_cuda_cache() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch just to clean up after a trial
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

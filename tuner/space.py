@@ -1,0 +1,529 @@
+"""Search-space files: YAML in, typed frozen dataclasses out, every check at this edge.
+
+Precedence is defaults < space file < overrides (``--set a.b=c`` and the CLI flags, which are
+applied to the raw mapping before validation so that errors name the same fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.base import Adapter, ConfigError, adapter_names, get_adapter
+from tuner.errors import InputError
+
+TOP_LEVEL_KEYS = ("study", "trainer", "objective", "base", "search", "space")
+PARAM_TYPES = ("float", "int", "categorical")
+DIRECTIONS = ("maximize", "minimize")
+REDUCTIONS = ("best", "last")
+# Measured by every adapter, so they can be objectives too (accuracy-vs-cost studies).
+COST_METRICS = {"train_time": "minimize", "peak_memory": "minimize"}
+
+_PARAM_FIELDS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched hyp key."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` lies in this parameter's domain."""
+        if self.type == "categorical":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return self.low <= value <= self.high
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping form used in space files."""
+        if self.type == "categorical":
+            return {"type": self.type, "choices": list(self.choices)}
+        out: dict[str, Any] = {"type": self.type, "low": self.low, "high": self.high}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """One objective: a metric the adapter reports, and which way is better."""
+
+    metric: str
+    direction: str = "maximize"
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What a trial's value is.
+
+    Attributes:
+        targets: One target, or several for an accuracy-vs-cost (multi-objective) study.
+        reduce: ``best`` takes the best epoch (the checkpoint a pipeline keeps), ``last`` the
+            final one.
+    """
+
+    targets: tuple[Target, ...]
+    reduce: str = "best"
+
+    @property
+    def is_multi(self) -> bool:
+        """True for a multi-objective study."""
+        return len(self.targets) > 1
+
+    @property
+    def primary(self) -> Target:
+        """The target reported per epoch and used for pruning."""
+        return self.targets[0]
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """A sampler or pruner by registry name, with keyword arguments."""
+
+    name: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How the study searches. The field defaults here are the only defaults."""
+
+    n_trials: int = 20
+    timeout: float | None = None
+    sampler: ComponentConfig = ComponentConfig("tpe")
+    seed: int | None = None
+    pruner: ComponentConfig = ComponentConfig("median")
+    baseline: bool = True
+    max_failures: int = 5
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The adapter name and its settings as written (the adapter validates and fills them)."""
+
+    adapter: str
+    settings: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated space file.
+
+    Attributes:
+        source: The file it came from (for messages).
+        study: Study name.
+        trainer: Adapter and settings.
+        objective: Metric(s) and direction(s).
+        base: Hyp values for keys that are not searched, as given (inline or from ``base_file``).
+        base_file: The hyp file ``base`` was read from, if any.
+        search: Sampler, pruner, budget.
+        space: Searched keys in file order.
+    """
+
+    source: str
+    study: str
+    trainer: TrainerConfig
+    objective: ObjectiveConfig
+    base: Mapping[str, Any]
+    base_file: str | None
+    search: SearchConfig
+    space: Mapping[str, ParamSpec]
+
+    def make_adapter(self, cache_dir: Path) -> Adapter:
+        """A fresh adapter for these settings (already validated at load time)."""
+        return get_adapter(self.trainer.adapter)(self.trainer.settings, cache_dir)
+
+    def base_hyp(self, adapter: Adapter) -> dict[str, Any]:
+        """Every hyp key: the adapter's defaults overlaid with ``base``."""
+        return {**adapter.default_hyp(), **self.base}
+
+    def to_dict(self, adapter: Adapter | None = None) -> dict[str, Any]:
+        """The resolved config (adapter defaults filled in when ``adapter`` is given)."""
+        settings = adapter.settings_dict() if adapter else dict(self.trainer.settings)
+        objective: dict[str, Any] | list[dict[str, Any]]
+        if self.objective.is_multi:
+            objective = [dataclasses.asdict(t) for t in self.objective.targets]
+        else:
+            objective = dataclasses.asdict(self.objective.primary)
+            objective["reduce"] = self.objective.reduce
+        search = dataclasses.asdict(self.search)
+        for key in ("sampler", "pruner"):
+            search[key] = {"name": search[key]["name"], "args": dict(search[key]["args"])}
+        return {
+            "study": self.study,
+            "trainer": {"adapter": self.trainer.adapter, **settings},
+            "objective": objective,
+            "base": self.base_hyp(adapter) if adapter else dict(self.base),
+            "search": search,
+            "space": {name: spec.to_dict() for name, spec in self.space.items()},
+        }
+
+
+# -- parsing helpers -------------------------------------------------------------------------
+
+
+class _Ctx:
+    """Carries the source name so every error names file and field."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, field_name: str | None, message: str) -> InputError:
+        return InputError(self.source, field_name, message)
+
+    def mapping(self, value: Any, field_name: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.error(field_name, f"must be a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.error(field_name, f"keys must be strings, got {key!r}")
+        return value
+
+    def unknown(self, value: Mapping[str, Any], allowed: Iterable[str], field_name: str) -> None:
+        allowed = list(allowed)
+        for key in value:
+            if key not in allowed:
+                where = f"{field_name}.{key}" if field_name else key
+                raise self.error(where, f"unknown key; expected one of {', '.join(allowed)}")
+
+    def number(self, value: Any, field_name: str, *, integer: bool = False) -> float | int:
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok:
+            kind = "an integer" if integer else "a number"
+            raise self.error(field_name, f"must be {kind}, got {value!r}")
+        if not math.isfinite(value):
+            raise self.error(field_name, f"must be finite, got {value!r}")
+        return value
+
+    def boolean(self, value: Any, field_name: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(field_name, f"must be true or false, got {value!r}")
+        return value
+
+    def string(self, value: Any, field_name: str, choices: Iterable[str] | None = None) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.error(field_name, f"must be a non-empty string, got {value!r}")
+        if choices is not None and value not in (choices := list(choices)):
+            raise self.error(
+                field_name, f"unknown value {value!r}; choose from {', '.join(choices)}"
+            )
+        return value
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _parse_param(ctx: _Ctx, name: str, raw: Any) -> ParamSpec:
+    where = f"space.{name}"
+    if isinstance(raw, list):  # shorthand: a list is a categorical
+        raw = {"type": "categorical", "choices": raw}
+    raw = ctx.mapping(raw, where)
+    kind = ctx.string(raw.get("type"), f"{where}.type", PARAM_TYPES)
+    ctx.unknown(raw, sorted(_PARAM_FIELDS[kind]), where)
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ctx.error(f"{where}.choices", "must be a non-empty list")
+        for choice in choices:
+            if choice is not None and not isinstance(choice, bool | int | float | str):
+                raise ctx.error(f"{where}.choices", f"choices must be scalars, got {choice!r}")
+        if len(set(map(repr, choices))) != len(choices):
+            raise ctx.error(f"{where}.choices", "choices must be distinct")
+        return ParamSpec(name, kind, choices=tuple(choices))
+    integer = kind == "int"
+    for key in ("low", "high"):
+        if key not in raw:
+            raise ctx.error(f"{where}.{key}", "is required")
+    low = ctx.number(raw["low"], f"{where}.low", integer=integer)
+    high = ctx.number(raw["high"], f"{where}.high", integer=integer)
+    if low >= high:
+        raise ctx.error(where, f"low ({low}) must be < high ({high})")
+    log = ctx.boolean(raw.get("log", False), f"{where}.log")
+    step = raw.get("step")
+    if step is not None:
+        step = ctx.number(step, f"{where}.step", integer=integer)
+        if step <= 0:
+            raise ctx.error(f"{where}.step", f"must be > 0, got {step}")
+        if log:
+            raise ctx.error(where, "log and step cannot be combined")
+        if step > high - low:
+            raise ctx.error(f"{where}.step", f"step ({step}) is wider than the range")
+    if log and low <= 0:
+        raise ctx.error(where, f"log scale needs low > 0, got {low}")
+    if integer:
+        low, high = int(low), int(high)
+    else:
+        low, high = float(low), float(high)
+    return ParamSpec(name, kind, low=low, high=high, log=log, step=step)
+
+
+def _parse_objective(ctx: _Ctx, raw: Any, adapter_cls: type[Adapter]) -> ObjectiveConfig:
+    if raw is None:
+        target = Target(adapter_cls.default_metric, adapter_cls.default_direction)
+        return ObjectiveConfig((target,))
+    if isinstance(raw, Mapping):
+        ctx.unknown(raw, ("metric", "direction", "reduce"), "objective")
+        items = [raw]
+        reduce = ctx.string(raw.get("reduce", "best"), "objective.reduce", REDUCTIONS)
+    elif isinstance(raw, list) and raw:
+        items, reduce = raw, "best"
+    else:
+        raise ctx.error("objective", "must be a mapping {metric, direction} or a list of them")
+    targets = []
+    for i, item in enumerate(items):
+        where = "objective" if isinstance(raw, Mapping) else f"objective[{i}]"
+        item = ctx.mapping(item, where)
+        if not isinstance(raw, Mapping):
+            ctx.unknown(item, ("metric", "direction"), where)
+        metric = ctx.string(item.get("metric", adapter_cls.default_metric), f"{where}.metric")
+        default_dir = COST_METRICS.get(metric, adapter_cls.default_direction)
+        direction = ctx.string(
+            item.get("direction", default_dir), f"{where}.direction", DIRECTIONS
+        )
+        targets.append(Target(metric, direction))
+    if len({t.metric for t in targets}) != len(targets):
+        raise ctx.error("objective", "the same metric is listed twice")
+    return ObjectiveConfig(tuple(targets), reduce)
+
+
+def _parse_component(ctx: _Ctx, raw: Any, where: str, default: ComponentConfig) -> ComponentConfig:
+    if raw is None:
+        return default
+    if isinstance(raw, str):
+        return ComponentConfig(raw)
+    raw = ctx.mapping(raw, where)
+    ctx.unknown(raw, ("name", "args"), where)
+    name = ctx.string(raw.get("name"), f"{where}.name")
+    args = ctx.mapping(raw.get("args") or {}, f"{where}.args")
+    return ComponentConfig(name, dict(args))
+
+
+def _parse_search(ctx: _Ctx, raw: Any) -> SearchConfig:
+    defaults = SearchConfig()
+    raw = ctx.mapping(raw if raw is not None else {}, "search")
+    ctx.unknown(raw, [f.name for f in dataclasses.fields(SearchConfig)], "search")
+    n_trials = ctx.number(raw.get("n_trials", defaults.n_trials), "search.n_trials", integer=True)
+    if n_trials <= 0:
+        raise ctx.error("search.n_trials", f"must be > 0, got {n_trials}")
+    timeout = raw.get("timeout", defaults.timeout)
+    if timeout is not None:
+        timeout = ctx.number(timeout, "search.timeout")
+        if timeout <= 0:
+            raise ctx.error("search.timeout", f"must be > 0 seconds, got {timeout}")
+    seed = raw.get("seed", defaults.seed)
+    if seed is not None:
+        seed = ctx.number(seed, "search.seed", integer=True)
+    max_failures = ctx.number(
+        raw.get("max_failures", defaults.max_failures), "search.max_failures", integer=True
+    )
+    if max_failures <= 0:
+        raise ctx.error("search.max_failures", f"must be > 0, got {max_failures}")
+    return SearchConfig(
+        n_trials=n_trials,
+        timeout=timeout,
+        sampler=_parse_component(ctx, raw.get("sampler"), "search.sampler", defaults.sampler),
+        seed=seed,
+        pruner=_parse_component(ctx, raw.get("pruner"), "search.pruner", defaults.pruner),
+        baseline=ctx.boolean(raw.get("baseline", defaults.baseline), "search.baseline"),
+        max_failures=max_failures,
+    )
+
+
+def _load_yaml(path: Path, source: str, field_name: str | None = None) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(source, field_name, f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise InputError(source, field_name, f"is a directory, not a YAML file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(source, field_name, f"cannot read {path}: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        # A referenced file (the base hyp) is named too; the space file is already the source.
+        inside = f" in {path}" if field_name else ""
+        raise InputError(source, field_name, f"invalid YAML{inside}{where}: {problem}") from None
+
+
+def _parse_base(ctx: _Ctx, raw: Any, folder: Path) -> tuple[dict[str, Any], str | None]:
+    if raw is None:
+        return {}, None
+    base_file = None
+    if isinstance(raw, str):
+        path = Path(raw)
+        if not path.is_absolute():
+            path = folder / path
+        base_file = str(path)
+        raw = _load_yaml(path, ctx.source, "base")
+        if raw is None:
+            raw = {}
+    raw = ctx.mapping(raw, "base")
+    for key, value in raw.items():
+        if isinstance(value, Mapping):
+            raise ctx.error(f"base.{key}", "hyp values must be scalars or lists")
+    return dict(raw), base_file
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw space mapping."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError("--set", None, f"expected KEY=VALUE, got {item!r}")
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            parsed = value
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise InputError("--set", key, f"{part} is not a mapping in {source}")
+            node = child
+        node[parts[-1]] = parsed
+    return raw
+
+
+def load_space(
+    path: str | Path, overrides: Iterable[str] = (), cache_dir: Path | None = None
+) -> StudyConfig:
+    """Read, validate and resolve a space file.
+
+    Args:
+        path: The YAML file.
+        overrides: ``dotted.key=value`` strings applied before validation (CLI flags).
+        cache_dir: Passed to the adapter while its settings are checked.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        InputError: Anything wrong, with the file and field named.
+    """
+    path = Path(path)
+    source = str(path)
+    raw = _load_yaml(path, source)
+    ctx = _Ctx(source)
+    if raw is None:
+        raise ctx.error(None, "the file is empty")
+    raw = dict(ctx.mapping(raw, "top level"))
+    raw = apply_overrides(raw, overrides, source)
+    ctx.unknown(raw, TOP_LEVEL_KEYS, "")
+
+    study = raw.get("study", path.stem)
+    study = ctx.string(str(study) if isinstance(study, int) else study, "study")
+
+    trainer_raw = dict(ctx.mapping(raw.get("trainer"), "trainer"))
+    name = ctx.string(trainer_raw.pop("adapter", None), "trainer.adapter")
+    try:
+        adapter_cls = get_adapter(name)
+    except KeyError:
+        raise ctx.error(
+            "trainer.adapter",
+            f"unknown adapter {name!r}; choose from {', '.join(adapter_names())}",
+        ) from None
+    except ImportError as exc:
+        raise ctx.error("trainer.adapter", f"adapter {name!r} is not installed: {exc}") from None
+    try:
+        adapter = adapter_cls(trainer_raw, cache_dir or Path("studies/.cache"))
+    except ConfigError as exc:
+        raise ctx.error(f"trainer.{exc.field}", exc.message) from None
+
+    objective = _parse_objective(ctx, raw.get("objective"), adapter_cls)
+    known_metrics = list(getattr(adapter, "metrics", ())) + list(COST_METRICS)
+    for i, target in enumerate(objective.targets):
+        if target.metric not in known_metrics:
+            where = "objective.metric" if not objective.is_multi else f"objective[{i}].metric"
+            raise ctx.error(
+                where,
+                f"adapter {name!r} does not report {target.metric!r}; "
+                f"it reports {', '.join(known_metrics)}",
+            )
+
+    base, base_file = _parse_base(ctx, raw.get("base"), path.parent)
+    search = _parse_search(ctx, raw.get("search"))
+
+    space_raw = ctx.mapping(raw.get("space"), "space")
+    if not space_raw:
+        raise ctx.error("space", "must name at least one parameter to search")
+    supported = set(getattr(adapter, "supported_keys", ()))
+    limits = adapter.limits()
+    space: dict[str, ParamSpec] = {}
+    for key, spec_raw in space_raw.items():
+        spec = _parse_param(ctx, key, spec_raw)
+        if key not in supported:
+            raise ctx.error(
+                f"space.{key}",
+                f"adapter {name!r} cannot tune this key; "
+                f"it supports {', '.join(sorted(supported))}",
+            )
+        _check_limits(ctx, spec, limits.get(key))
+        space[key] = spec
+
+    config = StudyConfig(
+        source=source,
+        study=study,
+        trainer=TrainerConfig(name, dict(trainer_raw)),
+        objective=objective,
+        base=dict(base),
+        base_file=base_file,
+        search=search,
+        space=dict(space),
+    )
+    if search.baseline:
+        _check_baseline(ctx, config, adapter)
+    return config
+
+
+def _check_limits(ctx: _Ctx, spec: ParamSpec, limit: tuple[float, float] | None) -> None:
+    if limit is None:
+        return
+    lo, hi = limit
+    values = spec.choices if spec.type == "categorical" else (spec.low, spec.high)
+    for value in values:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not lo <= value <= hi:
+                raise ctx.error(
+                    f"space.{spec.name}", f"{value} is outside the valid range [{lo}, {hi}]"
+                )
+
+
+def _check_baseline(ctx: _Ctx, config: StudyConfig, adapter: Adapter) -> None:
+    # The baseline trial must be expressible in the space: Optuna cannot enqueue a
+    # categorical value that is not among the choices.
+    hyp = config.base_hyp(adapter)
+    for key, spec in config.space.items():
+        if spec.type == "categorical" and hyp.get(key) not in spec.choices:
+            raise ctx.error(
+                f"space.{key}",
+                f"the baseline value {hyp.get(key)!r} is not among the choices "
+                f"{list(spec.choices)}; add it, or set search.baseline: false",
+            )
