@@ -32,6 +32,7 @@ class Progress:
         self.live = stream.isatty()
         self.started = time.perf_counter()
         self.max_epochs: int | None = None
+        self.prefix = ""
 
     def epoch(self, number: int, epoch: int, metrics: Mapping[str, float]) -> None:
         """Live line for the running trial (terminals only; logs get one line per trial)."""
@@ -67,7 +68,7 @@ class Progress:
         )
         if self.live:
             self.stream.write("\r" + " " * 70 + "\r")
-        print(line, file=self.stream, flush=True)
+        print(self.prefix + line, file=self.stream, flush=True)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -81,6 +82,7 @@ def _space_overrides(args: argparse.Namespace) -> list[str]:
         ("search.n_trials", getattr(args, "n_trials", None)),
         ("search.timeout", getattr(args, "timeout", None)),
         ("search.seed", getattr(args, "seed", None)),
+        ("search.max_failures", getattr(args, "max_failures", None)),
     ]
     return [f"{key}={value}" for key, value in flags if value is not None] + list(args.set or [])
 
@@ -122,30 +124,94 @@ def _adapter_checked(config: Any):
     return adapter
 
 
+def _parse_resources(text: str | None) -> dict[str, float]:
+    """``cpu=2,gpu=0.5`` -> ``{"cpu": 2.0, "gpu": 0.5}``."""
+    if not text:
+        return {}
+    resources: dict[str, float] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        try:
+            amount = float(value)
+        except ValueError:
+            amount = -1.0
+        if not sep or not key or not amount >= 0:  # also rejects nan
+            raise InputError(
+                "--resources-per-trial",
+                None,
+                f"expected NAME=AMOUNT[,NAME=AMOUNT...] such as cpu=2,gpu=0.5, got {item!r}",
+            )
+        resources[key] = amount
+    return resources
+
+
+def _search_options(args: argparse.Namespace) -> Any:
+    from tuner.backends import SearchOptions, get_backend
+
+    get_backend(args.backend).check(args.backend)
+    for flag, value in (("--workers", args.workers), ("--concurrency", args.concurrency)):
+        if value is not None and value < 1:
+            raise InputError(flag, None, f"must be >= 1, got {value}")
+    if args.workers > 1 and args.backend != "optuna":
+        raise InputError(
+            "--workers", None, f"starts local Optuna workers; with --backend {args.backend} use "
+            "--concurrency"
+        )
+    return SearchOptions(
+        workers=args.workers,
+        ray_address=args.ray_address,
+        concurrency=args.concurrency,
+        resources=_parse_resources(args.resources_per_trial),
+        debug=args.debug,
+    )
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     import yaml
 
     from tuner import study as st
+    from tuner.backends import SearchJob, get_backend
     from tuner.export import export, write_atomic
-    from tuner.objective import Objective
 
     st.quiet_optuna()
     config = _load(args)
+    options = _search_options(args)
+    worker = args.worker_index
     storage_url = args.storage or st.default_storage(config.study)
     out_dir = st.STUDIES_DIR / config.study
     out = Path(args.out) if args.out else out_dir / "best_hyp.yaml"
     _check_writable(out)
     adapter = _adapter_checked(config)
     storage = st.open_storage(storage_url)
+    lock = st.slot_lock(storage_url, storage, config.study)
     resolved = config.to_dict(adapter)
     command = "tuner " + shlex.join(args.argv)
-    study = st.create_or_load(config, storage, resolved, command)
-    write_atomic(out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-
+    with lock:
+        study = st.create_or_load(config, storage, resolved, command)
     err = sys.stderr
     target = config.objective.primary
-    n_done = st.n_finished(study)
     n_total = config.search.n_trials
+    progress = Progress(n_total, target.metric, target.direction, err)
+    progress.max_epochs = resolved["trainer"].get("epochs")
+    job = SearchJob(
+        config=config,
+        study=study,
+        storage_url=storage_url,
+        lock=lock,
+        adapter=adapter,
+        base_hyp=config.base_hyp(adapter),
+        out_dir=out_dir,
+        argv=list(args.argv),
+        options=options,
+        on_trial=[progress],
+        on_epoch=progress.epoch,
+        say=lambda message: print(message, file=err, flush=True),
+    )
+    if worker is not None:
+        return _search_worker(job, progress, worker)
+    write_atomic(out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
     print(
         f"study {config.study!r}  storage {storage_url}  adapter {config.trainer.adapter}  "
         f"objective {target.metric} ({target.direction})",
@@ -154,6 +220,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     notice = st.pruning_disabled_notice(config)
     if notice:
         print(notice, file=err)
+    with lock:
+        # trials of a worker killed earlier (kill -9, power cut) fail now and run again
+        for number in st.fail_stale_trials(study):
+            print(f"trial #{number} lost its worker: marked failed, to be run again", file=err)
+    n_done = st.n_finished(study)
     if n_done >= n_total:
         print(
             f"study already has {n_done} finished trials (of {n_total}); nothing to run", file=err
@@ -161,31 +232,45 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         if n_done:
             print(f"resuming: {n_done} finished trials, {n_total - n_done} to run", file=err)
-        if st.enqueue_baseline(study, config, config.base_hyp(adapter)):
-            print("baseline trial (base values) enqueued first", file=err)
-        print("preparing trainer (data decoded once, shared by all trials)...", file=err)
-        started = time.perf_counter()
-        adapter.prepare()
-        print(f"ready in {time.perf_counter() - started:.1f}s", file=err)
-        progress = Progress(n_total, target.metric, target.direction, err)
-        progress.max_epochs = resolved["trainer"].get("epochs")
-        objective = Objective(config, adapter, config.base_hyp(adapter), out_dir, progress.epoch)
+        with lock:
+            if st.enqueue_baseline(study, config, job.base_hyp):
+                print("baseline trial (base values) enqueued first", file=err)
         try:
-            st.run(study, objective, config, [progress])
+            get_backend(args.backend).load()(job)
         except KeyboardInterrupt:
             print("\ninterrupted: the running trial is recorded as failed", file=err)
             _write_best(study, out, command, quiet=False)
             return EXIT_INTERRUPTED
     if config.objective.is_multi:
-        print(_status_text(study, storage_url), file=sys.stdout)
-        return 0
+        # the front is the result; the file gets its knee (the default pick rule)
+        print(_status_text(study, storage_url), file=err)
     try:
         pick, text = export(study, out, command=command)
     except InputError as exc:
         print(f"no configuration written: {exc.message}", file=err)
         return 1
-    print(f"\nbest configuration written to {out}:\n", file=err)
+    if config.objective.is_multi:
+        print(f"\ntrial {pick.trial.number} ({pick.rule}) written to {out}; choose another "
+              "with `tuner export --pick best-metric|knee|max-time=SECONDS`:\n", file=err)
+    else:
+        print(f"\nbest configuration written to {out}:\n", file=err)
     print(text, file=sys.stdout)
+    return 0
+
+
+def _search_worker(job: Any, progress: Progress, index: int) -> int:
+    """One of ``--workers N`` processes: run trials; the parent enqueues and exports."""
+    from tuner.backends.local import run_here
+
+    progress.prefix = f"[worker {index}] "
+    progress.live = False  # several workers share the terminal: whole lines only
+    say = job.say
+    job.say = lambda message: say(f"{progress.prefix}{message}")
+    try:
+        run_here(job)
+    except KeyboardInterrupt:
+        job.say("interrupted: the running trial is recorded as failed")
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -228,7 +313,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     study = _open_study(args)
     _check_writable(Path(args.out))
     pick, text = export(
-        study, Path(args.out), args.trial, args.format, "tuner " + shlex.join(args.argv)
+        study, Path(args.out), args.trial, args.format, "tuner " + shlex.join(args.argv),
+        pick=args.pick,
     )
     print(f"trial {pick.trial.number} ({pick.rule}) written to {args.out}", file=sys.stderr)
     return 0
@@ -260,8 +346,8 @@ def _status_text(study: Any, storage_url: str) -> str:
         top = sorted(complete, key=lambda t: t.value, reverse=reverse)[:5]
         title = "top 5"
     else:
-        top = study.best_trials
-        title = "pareto front"
+        lines.extend(_pareto_lines(study))
+        top, title = [], ""
     if top:
         lines.append(f"{title}:")
         lines.append(f"  {'trial':>5}  {'value':>20}  {'epochs':>6}  params")
@@ -280,6 +366,50 @@ def _status_text(study: Any, storage_url: str) -> str:
     return "\n".join(lines)
 
 
+def _pareto_lines(study: Any) -> list[str]:
+    """The Pareto front as a table: every objective, freeze index, epochs and the other params.
+
+    Sorted by the primary metric, best first; the rows ``tuner export`` picks are marked.
+    """
+    from tuner.report.data import (
+        best_primary,
+        complete_trials,
+        freeze_of,
+        knee_trial,
+        pareto_front,
+        study_info,
+    )
+
+    info = study_info(study)
+    complete = complete_trials(study.get_trials(deepcopy=False))
+    if not complete:
+        return []
+    flags = pareto_front([t.values for t in complete], info.directions)
+    sign = -1.0 if info.direction == "maximize" else 1.0
+    front = [t for t, flag in zip(complete, flags) if flag]
+    front.sort(key=lambda t: (sign * t.values[0], t.number))
+    marks = {knee_trial(complete, info).number: "knee (default export)"}
+    best = best_primary(complete, info).number
+    marks[best] = f"{marks[best]}, best-metric" if best in marks else "best-metric"
+    widths = [max(len(m), 10) for m in info.metrics]
+    head = "  ".join(f"{m:>{w}}" for m, w in zip(info.metrics, widths))
+    lines = [
+        f"pareto front: {len(front)} of {len(complete)} complete trials, best {info.metric} first",
+        f"  {'trial':>5}  {head}  {'freeze':>6}  {'epochs':>6}  params",
+    ]
+    for t in front:
+        values = "  ".join(f"{v:>{w}.4g}" for v, w in zip(t.values, widths))
+        freeze = freeze_of(t)
+        params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items() if k != "freeze")
+        epochs = t.user_attrs.get("epochs_run", "")
+        mark = f"  <- {marks[t.number]}" if t.number in marks else ""
+        lines.append(
+            f"  {t.number:>5}  {values}  {'-' if freeze is None else freeze!s:>6}  {epochs!s:>6}"
+            f"  {params}{mark}"
+        )
+    return lines
+
+
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -287,6 +417,33 @@ def _short(value: Any) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     study = _open_study(args)
     print(_status_text(study, args.storage))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tuner import study as st
+    from tuner.report import write_report
+
+    study = _open_study(args)
+    out = Path(args.out) if args.out else st.STUDIES_DIR / study.study_name / "report.html"
+    _check_writable(out)
+    write_report(study, out)
+    print(f"report of study {study.study_name!r} written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from tuner.dashboard import serve
+
+    print(
+        f"optuna-dashboard on http://{args.host}:{args.port}/ for {args.storage} "
+        "(Ctrl-C to stop)",
+        file=sys.stderr, flush=True,
+    )
+    try:
+        serve(args.storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        print("\ndashboard stopped", file=sys.stderr)
     return 0
 
 
@@ -323,6 +480,7 @@ def _add_space_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands)."""
     from trainer.formats import FORMATS
+    from tuner.backends import BACKENDS
 
     parser = argparse.ArgumentParser(
         prog="tuner",
@@ -345,12 +503,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--out", help="best hyp file (default: studies/<study>/best_hyp.yaml)")
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="N",
+        help="stop after N failed trials in a row (default: the space's search.max_failures, 5)",
+    )
+    p.add_argument(
+        "--backend",
+        default="optuna",
+        choices=sorted(BACKENDS),
+        help="where trials run: "
+        + "; ".join(f"{name}: {b.description}" for name, b in BACKENDS.items()),
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local worker processes sharing the study (optuna backend; default: 1)",
+    )
+    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    p.add_argument(
+        "--concurrency", type=int, metavar="K", help="trials running at once (ray backend)"
+    )
+    p.add_argument(
+        "--resources-per-trial",
+        metavar="SPEC",
+        help="resources of one trial, e.g. cpu=2,gpu=0.5 (ray backend)",
+    )
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("export", help="write the hyp YAML of the best or a chosen trial")
     p.add_argument("--storage", required=True, help="storage URL")
     p.add_argument("--study", help="study name (optional when the storage holds one)")
-    p.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="trial number (default: chosen by --pick)")
+    which.add_argument("--pick", metavar="RULE", help=(
+        "best-metric (best first objective; on the Pareto front when there are several), "
+        "knee (the Pareto-front trial closest to the utopia point, each objective scaled to "
+        "[0, 1] over the complete trials; multi-objective only) or max-time=SECONDS (best "
+        "first objective among trials trained within SECONDS); default: knee for "
+        "multi-objective studies, else best-metric"
+    ))
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument(
         "--format", choices=sorted(FORMATS), help="file layout (default: the adapter's own)"
@@ -361,6 +557,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", required=True, help="storage URL")
     p.add_argument("--study", help="study name (optional when the storage holds one)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a study")
+    p.add_argument("--storage", required=True, help="storage URL")
+    p.add_argument("--study", help="study name (optional when the storage holds one)")
+    p.add_argument("--out", help="HTML file (default: studies/<study>/report.html)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on a storage (extra: dashboard)")
+    p.add_argument("--storage", required=True, help="storage URL")
+    p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("validate", help="check a space file and print the resolved config")
     p.add_argument("space", help="search-space YAML")
@@ -381,6 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
     args.argv = argv
+    args.debug = debug
     try:
         return args.func(args)
     except TunerError as exc:

@@ -6,6 +6,7 @@ ultralytics); this module adds the provenance header and writes the file atomica
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -39,28 +40,134 @@ def trial_hyp(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     return dict(hyp)
 
 
-def pick_trial(study: optuna.Study, number: int | None = None) -> Pick:
-    """The best complete trial, or trial ``number``.
+@dataclass(frozen=True)
+class PickRule:
+    """How to choose the exported trial (``--pick``).
+
+    Attributes:
+        kind: ``best-metric``, ``knee`` or ``max-time``.
+        max_seconds: The train-time budget of ``max-time``.
+    """
+
+    kind: str
+    max_seconds: float | None = None
+
+
+PICK_CHOICES = "best-metric, knee or max-time=SECONDS"
+
+
+def parse_pick(text: str) -> PickRule:
+    """Read ``best-metric``, ``knee`` or ``max-time=SECONDS`` (``max-time=90s`` too).
 
     Raises:
-        InputError: No such trial, or no complete trial yet.
+        InputError: Anything else.
     """
+    text = text.strip()
+    if text in ("best-metric", "knee"):
+        return PickRule(text)
+    kind, sep, value = text.partition("=")
+    if kind == "max-time" and sep:
+        try:
+            seconds = float(value.strip().removesuffix("s"))
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise InputError("--pick", None, f"max-time needs seconds > 0, got {value!r}")
+        return PickRule("max-time", seconds)
+    raise InputError("--pick", None, f"expected {PICK_CHOICES}, got {text!r}")
+
+
+def default_pick(study: optuna.Study) -> PickRule:
+    """``knee`` for a multi-objective study (the balanced trade), else ``best-metric``."""
+    return PickRule("knee" if len(study.directions) > 1 else "best-metric")
+
+
+def pick_trial(
+    study: optuna.Study, number: int | None = None, rule: str | PickRule | None = None
+) -> Pick:
+    """Trial ``number``, or the trial the pick rule chooses (default: :func:`default_pick`).
+
+    Rules, over the complete trials:
+
+    - ``best-metric``: the best primary (first) metric; in a multi-objective study it is
+      taken from the Pareto front, so a tie in it goes to the better other objectives.
+    - ``knee``: the Pareto-front trial closest to the utopia point once each objective is
+      scaled to [0, 1] between its best and worst complete trial (multi-objective studies
+      only; see :func:`tuner.report.data.knee_index`).
+    - ``max-time=S``: the best primary metric among trials whose ``train_seconds`` <= S
+      (a tie goes to the faster trial).
+
+    Raises:
+        InputError: No such trial, no complete trial yet, a rule that does not apply, or no
+            trial within the time budget.
+    """
+    from tuner.report.data import best_primary, knee_trial, study_info
+
     if number is not None:
         trials = study.get_trials(deepcopy=False)
         if not 0 <= number < len(trials):
             raise InputError("--trial", None, f"study {study.study_name!r} has no trial {number}")
         return Pick(trials[number], f"trial {number} (chosen with --trial)")
-    if len(study.directions) > 1:
+    if isinstance(rule, str):
+        rule = parse_pick(rule)
+    rule = rule or default_pick(study)
+    info = study_info(study)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if rule.kind == "knee" and not info.is_multi:
         raise InputError(
-            "--pick",
-            None,
-            "a multi-objective study has no single best trial; choose one with "
-            "--trial N (see `tuner status`)",
+            "--pick", None, f"knee needs a multi-objective study; {study.study_name!r} "
+            f"optimises only {info.metric} (use best-metric or max-time=SECONDS)"
         )
-    best = best_trial(study)
-    if best is None:
+    if not complete:
         raise InputError("--study", None, f"study {study.study_name!r} has no complete trial yet")
-    return Pick(best, "best value")
+    if rule.kind == "knee":
+        trial = knee_trial(complete, info)
+        text = (
+            "knee: the Pareto-front trial closest to the utopia point, each objective scaled "
+            "to [0, 1] between its best and worst complete trial"
+        )
+    elif rule.kind == "max-time":
+        trial, text = _within_time(complete, info, rule.max_seconds or 0.0)
+    else:
+        trial = best_primary(complete, info) if info.is_multi else best_trial(study)
+        text = f"best-metric: the best {info.metric}"
+        if info.is_multi:
+            text += " on the Pareto front"
+    if trial is None:
+        raise InputError("--study", None, f"study {study.study_name!r} has no complete trial yet")
+    return Pick(trial, text)
+
+
+def _seconds(trial: FrozenTrial) -> float | None:
+    value = trial.user_attrs.get("train_seconds")
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _within_time(
+    complete: list[FrozenTrial], info: Any, budget: float
+) -> tuple[FrozenTrial | None, str]:
+    import dataclasses
+
+    from tuner.report.data import best_primary
+
+    timed = [t for t in complete if _seconds(t) is not None]
+    within = [t for t in timed if _seconds(t) <= budget]
+    if not within:
+        fastest = min(timed, key=lambda t: _seconds(t), default=None)
+        seen = (
+            f"the fastest, trial {fastest.number}, took {_seconds(fastest):.4g} s"
+            if fastest is not None else "no complete trial recorded train_seconds"
+        )
+        raise InputError("--pick", None, f"no complete trial trained within {budget:g} s; {seen}")
+    # only the primary metric ranks here: the time budget already settles the cost side
+    primary = dataclasses.replace(info, metrics=info.metrics[:1], directions=info.directions[:1])
+    best = best_primary(within, primary)
+    trial = min(
+        (t for t in within if t.values[0] == best.values[0]), key=lambda t: (_seconds(t), t.number)
+    )
+    rule = f"max-time={budget:g}: the best {info.metric} among trials trained in <= {budget:g} s"
+    return trial, rule
 
 
 def _fmt(value: float | None) -> str:
@@ -165,12 +272,17 @@ def export(
     number: int | None = None,
     fmt: str | None = None,
     command: str | None = None,
+    pick: str | PickRule | None = None,
 ) -> tuple[Pick, str]:
-    """Pick a trial, render it and write it to ``out``; returns the pick and the text."""
-    pick = pick_trial(study, number)
-    text = render(study, pick, fmt, command)
+    """Pick a trial (``number``, else by rule ``pick``), render it and write it to ``out``.
+
+    Returns:
+        The pick and the text written.
+    """
+    chosen = pick_trial(study, number, pick)
+    text = render(study, chosen, fmt, command)
     write_atomic(out, text)
-    return pick, text
+    return chosen, text
 
 
 def load_hyp(path: Path) -> dict[str, Any]:

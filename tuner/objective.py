@@ -73,6 +73,18 @@ class OptunaReporter:
             raise Pruned(epoch)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The ``fail_reason`` of a trial that raised ``exc``: type and message, OOM named as such."""
+    message = str(exc).strip()
+    reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    # torch.cuda.OutOfMemoryError, MemoryError (host RAM), or a RuntimeError saying so: the
+    # usual cure is a smaller batch or more frozen layers, so say it plainly
+    oom = isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__
+    if oom or "out of memory" in message.lower():
+        reason = f"out of memory: {reason}"
+    return reason[:2000]
+
+
 def reduce_metric(history: list[dict[str, float]], metric: str, direction: str, how: str) -> float:
     """The trial's value for ``metric``: the best epoch or the last one."""
     values = [float(h[metric]) for h in history if metric in h]
@@ -135,10 +147,7 @@ class Objective:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
             raise
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}".strip()
-            if "out of memory" in reason.lower():
-                reason = f"out of memory: {reason}"
-            trial.set_user_attr("fail_reason", reason[:2000])
+            trial.set_user_attr("fail_reason", failure_reason(exc))
             raise
         finally:
             # Free what a large trial left behind before the next one allocates.

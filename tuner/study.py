@@ -6,16 +6,25 @@ data.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
 import json
 import logging
+import os
+import socket
+import threading
+import time
+import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import InputError, StudyError
@@ -24,9 +33,20 @@ from tuner.space import ComponentConfig, StudyConfig
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STUDIES_DIR = Path("studies")
 # A worker that stops sending heartbeats for this long is considered dead; its trial is
-# marked FAIL and its configuration retried by the next worker (see RetryFailedTrialCallback).
+# marked FAIL and its configuration retried by the next worker (see fail_stale_trials). The
+# grace outlasts the interval plus the SQLite busy timeout (a heartbeat write may wait that
+# long for the lock), because failing a live trial would run its configuration twice. A worker
+# killed on this machine is detected at once by its process id, without waiting for the grace.
 HEARTBEAT_INTERVAL = 10
-HEARTBEAT_GRACE = 30
+HEARTBEAT_GRACE = 120
+SQLITE_BUSY_TIMEOUT = 60
+# A killed configuration is retried this many times: once may be bad luck (preemption, OOM
+# killer), twice means the configuration itself kills the worker.
+MAX_RETRIES = 1
+# How often a worker whose budget is fully reserved by running trials looks again.
+POLL_SECONDS = 1.0
+WORKER_ATTR = "tuner:worker"
+HEARTBEAT_ATTR = "tuner:heartbeat"
 
 
 def default_storage(study: str) -> str:
@@ -34,23 +54,35 @@ def default_storage(study: str) -> str:
     return f"sqlite:///{STUDIES_DIR / study}.db"
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str,
+    *,
+    heartbeat: bool = True,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = HEARTBEAT_GRACE,
+) -> optuna.storages.BaseStorage:
     """Open (and for SQLite and journal files, create) a storage.
 
     Args:
         url: An SQLAlchemy URL (``sqlite:///x.db``, ``postgresql://...``) or
             ``journal:PATH`` for Optuna's journal file storage.
         heartbeat: Record worker heartbeats so trials of crashed workers can be failed.
+        heartbeat_interval: Seconds between two heartbeats of a running trial.
+        grace_period: Seconds without a heartbeat after which a running trial is failed.
 
     Raises:
         InputError: The URL is malformed or the database cannot be reached.
     """
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
         path = Path(url.removeprefix("journal:"))
+        if not path.name:
+            raise InputError("--storage", None, f"{url!r} names no file (journal:PATH)")
         _ensure_parent(path, url)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            backend = JournalFileBackend(str(path))
+        except OSError as exc:
+            raise InputError("--storage", None, f"cannot open {path}: {exc}") from None
+        return TunerJournalStorage(backend, heartbeat_interval, grace_period)
     if "://" not in url:
         raise InputError(
             "--storage",
@@ -64,17 +96,15 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
         if db and db != ":memory:":
             _ensure_parent(Path(db), url)
         # Wait instead of failing with "database is locked" when workers write together.
-        engine_kwargs["connect_args"] = {"timeout": 60}
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     else:
         engine_kwargs["pool_pre_ping"] = True
     kwargs: dict[str, Any] = {}
     if heartbeat:
         kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": HEARTBEAT_GRACE,
-            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1
-            ),
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": retry_stale_trial,
         }
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
@@ -83,6 +113,21 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
     except Exception as exc:  # SQLAlchemy raises many types for bad URLs / unreachable hosts
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError("--storage", None, f"cannot open {url}: {first}") from None
+
+
+class TunerJournalStorage(JournalStorage):
+    """Optuna's journal storage plus the heartbeat settings it lacks.
+
+    Optuna implements heartbeats for RDB storages only; for journal files ``tuner`` records
+    them itself (:class:`Heartbeat`) and these attributes say how often and how long to wait.
+    """
+
+    def __init__(
+        self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int
+    ) -> None:
+        super().__init__(backend)
+        self.tuner_heartbeat_interval = heartbeat_interval
+        self.tuner_grace_period = grace_period
 
 
 def _ensure_parent(path: Path, url: str) -> None:
@@ -108,10 +153,11 @@ class Component:
 
 
 SAMPLERS: dict[str, Component] = {
-    # multivariate TPE models interactions such as freeze x lr0, which matter here
+    # multivariate TPE models interactions such as freeze x lr0, which matter here; the
+    # constant liar keeps parallel workers from sampling next to each other's running trials
     "tpe": Component(
         optuna.samplers.TPESampler,
-        {"multivariate": True, "n_startup_trials": 5},
+        {"multivariate": True, "n_startup_trials": 5, "constant_liar": True},
         True,
         "multivariate TPE (default)",
     ),
@@ -280,7 +326,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 class Budget:
-    """Stops the study when ``n_trials`` trials finished or too many failed in a row.
+    """Counts failures in a row; the study's total is kept by :func:`run` itself.
 
     Finished means complete or pruned. The count is read from the storage, so trials of other
     workers on the same study count too.
@@ -297,18 +343,396 @@ class Budget:
             self.failures_in_a_row += 1
             if self.failures_in_a_row >= self.max_failures:
                 self.stopped_for_failures = True
-                study.stop()
-                return
         else:
             self.failures_in_a_row = 0
-        if n_finished(study) >= self.n_trials:
-            study.stop()
+
+    def failure_error(self) -> StudyError:
+        """The error that ends a study stopped by ``max_failures``."""
+        return StudyError(
+            f"stopped after {self.max_failures} failed trials in a row: the setup is broken, "
+            "not the hyps; see the reasons with `tuner status` (raise the limit with "
+            "--max-failures N)"
+        )
+
+
+# -- workers: who runs a trial, is it still alive --------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks) of a process, from /proc; None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name in parentheses may hold spaces; the fields after it are fixed
+    fields = text.rsplit(")", 1)[-1].split()
+    return fields[0], fields[19]
+
+
+def _pid_table() -> str | None:
+    """Names this machine's process table: hostname, boot and pid namespace.
+
+    Two processes with the same value see the same process ids, so one can tell whether the
+    other's process is gone. None where /proc is missing (not Linux): no such checks.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{socket.gethostname()}/{boot}/{pid_ns}"
+
+
+def worker_identity(pid: int | None = None) -> dict[str, Any]:
+    """What a trial records about the process that runs it (system attr ``tuner:worker``)."""
+    pid = os.getpid() if pid is None else pid
+    stat = _proc_stat(pid)
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "pid_table": _pid_table(),
+        "started": stat[1] if stat else None,
+    }
+
+
+def worker_gone(worker: Mapping[str, Any] | None) -> bool:
+    """True when ``worker`` ran on this machine and its process has ended.
+
+    Only a sure answer is True: another machine's worker, or one without a record, is judged
+    by its heartbeats instead. A zombie (killed, not yet reaped) or a reused process id
+    (another start time) counts as gone.
+    """
+    if not worker or worker.get("pid_table") is None or worker["pid_table"] != _pid_table():
+        return False
+    stat = _proc_stat(int(worker["pid"]))
+    if stat is None:
+        return True
+    state, started = stat
+    return state in ("Z", "X") or (worker.get("started") not in (None, started))
+
+
+def _storage_of(study: optuna.Study) -> Any:
+    # Optuna has no public accessor for a study's storage; heartbeats and system attrs need it.
+    storage = study._storage
+    if isinstance(storage, _CachedStorage):
+        return storage._backend  # the RDB storage behind Optuna's cache
+    return storage
+
+
+def _rdb_heartbeat(storage: Any) -> bool:
+    return (
+        isinstance(storage, optuna.storages.RDBStorage)
+        and storage.get_heartbeat_interval() is not None
+    )
+
+
+def claim(study: optuna.Study, trial_id: int) -> None:
+    """Record this process as the worker of a running trial (for crash detection)."""
+    _storage_of(study).set_trial_system_attr(trial_id, WORKER_ATTR, worker_identity())
+
+
+class Heartbeat:
+    """Keeps running trials alive in the storage while this process works on them.
+
+    RDB storages get Optuna's own heartbeat rows (timed by the database server's clock); journal
+    files, for which Optuna records none, get a ``tuner:heartbeat`` system attr (one machine,
+    one clock). Use it where Optuna's ``study.optimize`` does not already beat: journal storages
+    and the Ray backend's driver, which owns many trials at once.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.storage = _storage_of(study)
+        self.interval = _heartbeat_settings(self.storage)[0]
+        self.trial_ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether this storage can hold heartbeats at all."""
+        return self.interval is not None
+
+    def add(self, trial_id: int) -> None:
+        """Beat for ``trial_id`` from now on (one beat at once)."""
+        if not self.active:
+            return
+        with self._lock:
+            self.trial_ids.add(trial_id)
+        self._beat(trial_id)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="tuner-heartbeat", daemon=True)
+            self._thread.start()
+
+    def discard(self, trial_id: int) -> None:
+        """Stop beating for ``trial_id``."""
+        with self._lock:
+            self.trial_ids.discard(trial_id)
+
+    def stop(self) -> None:
+        """End the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Heartbeat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.trial_ids)
+            for trial_id in ids:
+                self._beat(trial_id)
+
+    def _beat(self, trial_id: int) -> None:
+        try:
+            if isinstance(self.storage, optuna.storages.RDBStorage):
+                self.storage.record_heartbeat(trial_id)
+            else:
+                self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.discard(trial_id)  # finished meanwhile (or failed by another worker)
+        except Exception:  # noqa: BLE001 - a missed beat is retried; the grace allows several
+            logging.getLogger(__name__).debug("heartbeat failed", exc_info=True)
+
+
+def _heartbeat_settings(storage: Any) -> tuple[int | None, int | None]:
+    """(interval, grace) in seconds, or (None, None) when the storage keeps no heartbeats."""
+    if _rdb_heartbeat(storage):
+        interval = storage.get_heartbeat_interval()
+        return interval, storage.grace_period or 2 * interval
+    if isinstance(storage, TunerJournalStorage):
+        return storage.tuner_heartbeat_interval, storage.tuner_grace_period
+    return None, None
+
+
+def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> int | None:
+    """Queue the configuration of a trial whose worker died, up to ``MAX_RETRIES`` times.
+
+    Like Optuna's ``RetryHeartbeatStaleTrialCallback`` (same ``failed_trial`` and
+    ``retry_history`` system attrs), but the new trial keeps only the ``baseline`` mark of the
+    old one's user attrs, not its outcome (``fail_reason``, partial history).
+
+    Returns:
+        The number of the queued trial, or None when the retries are used up.
+    """
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRIES:
+        return None
+    user_attrs: dict[str, Any] = {"retry_of": trial.number}
+    if trial.user_attrs.get("baseline"):
+        user_attrs["baseline"] = True
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+        )
+    )
+    return study.get_trials(deepcopy=False)[-1].number
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the running trials whose worker is gone, and queue their configurations again.
+
+    A worker is gone when its process on this machine has ended (seen at once), or when its
+    trial missed heartbeats for the grace period (any machine). For RDB storages this is
+    Optuna's own ``fail_stale_trials`` (which ``study.optimize`` also runs before each trial),
+    plus a ``fail_reason`` and the process check.
+
+    Returns:
+        The numbers of the trials failed now.
+    """
+    storage = _storage_of(study)
+    _, grace = _heartbeat_settings(storage)
+    stale_rdb: set[int] = set()
+    if _rdb_heartbeat(storage):
+        # Optuna fails these itself but cannot say why; reading them first lets us record
+        # a reason while the trial can still take user attrs.
+        stale_rdb = set(storage._get_stale_trial_ids(study._study_id))
+    failed = []
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.system_attrs.get(WORKER_ATTR)
+        where = f"pid {worker['pid']} on {worker['host']}" if worker else "unknown worker"
+        reason = None
+        if worker_gone(worker):
+            reason = f"worker lost: process {where} ended during the trial (killed or crashed)"
+        elif trial._trial_id in stale_rdb:
+            reason = f"worker lost: no heartbeat from {where} for over {grace}s"
+        elif isinstance(storage, TunerJournalStorage) and grace is not None:
+            beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+            if beat is None and trial.datetime_start is not None:
+                beat = trial.datetime_start.timestamp()
+            if beat is not None and now - beat > grace:
+                reason = f"worker lost: no heartbeat from {where} for over {grace}s"
+        if reason is None:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed (or the worker finished) it first
+        failed.append(trial.number)
+        retry_stale_trial(study, study.get_trials(deepcopy=False)[trial.number])
+    return failed
+
+
+# -- the budget lock -------------------------------------------------------------------------
+
+
+class SlotLock:
+    """Serialises "count the study's trials, then start one" across all workers of a study.
+
+    Without it two workers could both see one missing trial and both start one, overshooting
+    ``n_trials``. This base class only serialises the threads of one process; subclasses
+    reach across processes (a lock file next to a SQLite or journal file) or machines (a
+    PostgreSQL advisory lock). ``release`` may be called more than once.
+    """
+
+    def __init__(self) -> None:
+        self._thread_lock = threading.Lock()
+        self.held = False
+
+    def acquire(self) -> None:
+        """Block until this worker holds the lock."""
+        self._thread_lock.acquire()
+        try:
+            self._acquire()
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self.held = True
+
+    def release(self) -> None:
+        """Let the next worker in (no-op when not held)."""
+        if not self.held:
+            return
+        self.held = False
+        try:
+            self._release()
+        finally:
+            self._thread_lock.release()
+
+    def __enter__(self) -> SlotLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _acquire(self) -> None:
+        pass
+
+    def _release(self) -> None:
+        pass
+
+
+class FileSlotLock(SlotLock):
+    """An ``flock`` on a file: every process on this machine (released if one dies)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._fd: int | None = None
+
+    def _acquire(self) -> None:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+class PostgresSlotLock(SlotLock):
+    """A PostgreSQL session advisory lock: every worker on every machine of the database.
+
+    The lock lives on one connection; if the worker dies, the server drops it with the
+    connection.
+    """
+
+    def __init__(self, engine: Any, name: str) -> None:
+        super().__init__()
+        self.engine = engine
+        digest = hashlib.blake2b(f"tuner:{name}".encode(), digest_size=8).digest()
+        self.key = int.from_bytes(digest, "big", signed=True)
+        self._conn: Any = None
+
+    def _acquire(self) -> None:
+        import sqlalchemy
+
+        conn = self.engine.connect()
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _release(self) -> None:
+        import sqlalchemy
+
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        finally:
+            conn.close()
+
+
+def slot_lock(url: str, storage: Any, study_name: str) -> SlotLock:
+    """The lock that keeps the total exact for this storage (see :class:`SlotLock`).
+
+    SQLite and journal files: a lock file beside them (all workers share one machine);
+    PostgreSQL: an advisory lock. Other databases get a per-process lock only, so workers of
+    different ``tuner search`` commands may overshoot ``n_trials`` by a trial or two there.
+    """
+    if url.startswith("journal:"):
+        return FileSlotLock(Path(f"{url.removeprefix('journal:')}.tuner-lock"))
+    if url.startswith("sqlite:"):
+        db = url.split(":///", 1)[-1]
+        if db and db != ":memory:":
+            return FileSlotLock(Path(f"{db}.tuner-lock"))
+    if url.startswith("postgresql") and isinstance(storage, optuna.storages.RDBStorage):
+        return PostgresSlotLock(storage.engine, study_name)
+    return SlotLock()
+
+
+@contextlib.contextmanager
+def locked(lock: SlotLock | None) -> Iterator[None]:
+    """Hold ``lock`` (if any) for a block."""
+    if lock is None:
+        yield
+        return
+    with lock:
+        yield
 
 
 def quiet_optuna() -> None:
     """Optuna's per-trial log lines would duplicate the tuner's progress display."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").propagate = False
+    # heartbeats and the stale-trial retry are "experimental" in Optuna; we rely on them
+    # knowingly and the warning would greet every `tuner search`
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def run(
@@ -316,25 +740,88 @@ def run(
     objective: Callable[[optuna.Trial], Any],
     config: StudyConfig,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
+    *,
+    lock: SlotLock | None = None,
+    on_wait: Callable[[int], None] | None = None,
+    poll_seconds: float = POLL_SECONDS,
 ) -> Budget:
-    """Run trials until the study's total reaches ``n_trials`` (or timeout / failures).
+    """Run trials until the study's total reaches exactly ``n_trials`` (or timeout / failures).
+
+    Any number of workers may run this on the same study. Before a trial starts, the worker
+    counts finished and running trials under ``lock``: a trial starts only while that sum is
+    below ``n_trials``, so the study never overshoots. When the remaining trials are all
+    running elsewhere the worker waits instead of leaving, because one of them may still fail
+    (a failed trial does not count) or belong to a dead worker (failed and retried here).
+
+    Args:
+        study: The study.
+        objective: Called with each trial.
+        config: The validated space (budget, timeout, failure limit).
+        callbacks: Called with each finished trial.
+        lock: Shared by all workers of the study (:func:`slot_lock`); default: this process.
+        on_wait: Called with the number of trials running elsewhere when this worker starts
+            waiting for them.
+        poll_seconds: How often a waiting worker looks again.
 
     Raises:
         StudyError: The study stopped because ``max_failures`` trials failed in a row.
     """
-    budget = Budget(config.search.n_trials, config.search.max_failures)
-    if n_finished(study) >= budget.n_trials:
-        return budget
-    study.optimize(
-        objective,
-        n_trials=None,
-        timeout=config.search.timeout,
-        catch=(Exception,),
-        callbacks=[budget, *callbacks],
-    )
+    search = config.search
+    budget = Budget(search.n_trials, search.max_failures)
+    lock = lock or SlotLock()
+    deadline = None if search.timeout is None else time.monotonic() + search.timeout
+    claimed = _Claimed(study, objective, lock)
+    n_waited_for = 0
+    while not budget.stopped_for_failures:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        with lock:
+            fail_stale_trials(study)
+            by_state = counts(study)
+            n_done = by_state["COMPLETE"] + by_state["PRUNED"]
+            n_running = by_state["RUNNING"]
+            if n_done >= budget.n_trials:
+                break
+            start = n_done + n_running < budget.n_trials
+            if start:
+                # the objective releases the lock once its trial is RUNNING and claimed
+                study.optimize(
+                    claimed, n_trials=1, catch=(Exception,), callbacks=[budget, *callbacks]
+                )
+        if not start:
+            if on_wait is not None and n_running != n_waited_for:
+                on_wait(n_running)
+            n_waited_for = n_running
+            pause = poll_seconds
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            time.sleep(pause)
+        else:
+            n_waited_for = 0
     if budget.stopped_for_failures:
-        raise StudyError(
-            f"stopped after {budget.max_failures} failed trials in a row: the setup is broken, "
-            "not the hyps; see the reasons with `tuner status`"
-        )
+        raise budget.failure_error()
     return budget
+
+
+class _Claimed:
+    """Wraps the objective: claim the new trial, let the next worker in, keep it alive."""
+
+    def __init__(
+        self, study: optuna.Study, objective: Callable[[optuna.Trial], Any], lock: SlotLock
+    ) -> None:
+        self.study = study
+        self.objective = objective
+        self.lock = lock
+        # study.optimize already beats for RDB storages; journal files need ours
+        self.own_beats = isinstance(_storage_of(study), TunerJournalStorage)
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        try:
+            claim(self.study, trial._trial_id)
+        finally:
+            self.lock.release()
+        if not self.own_beats:
+            return self.objective(trial)
+        with Heartbeat(self.study) as beats:
+            beats.add(trial._trial_id)
+            return self.objective(trial)

@@ -1,0 +1,35 @@
+"""The embedded default: the offline demo study, end to end, exactly as the README runs it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.slow
+def test_demo_study_prunes_and_beats_the_baseline(tmp_path):
+    shutil.copytree(ROOT / "spaces", tmp_path / "spaces")
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner", "search", "--space", "spaces/demo.yaml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trial 20/20" in done.stderr  # progress display
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path}/studies/demo.db")
+    states = [t.state for t in study.trials]
+    n_pruned = states.count(optuna.trial.TrialState.PRUNED)
+    n_finished = n_pruned + states.count(optuna.trial.TrialState.COMPLETE)
+    assert n_finished == 20
+    assert n_pruned >= n_finished / 3, f"only {n_pruned} of {n_finished} trials pruned"
+    baseline = next(t for t in study.trials if t.user_attrs.get("baseline"))
+    assert study.best_value > baseline.value
+    best = yaml.safe_load((tmp_path / "studies" / "demo" / "best_hyp.yaml").read_text())
+    assert best == study.best_trial.user_attrs["hyp"]
+    assert {"freeze", "lr_decay", "unfreeze_epoch", "lr0", "hsv_h", "mixup"} <= set(best)

@@ -1,0 +1,113 @@
+"""Starting weights: missing files, torchvision names, checkpoints, the pretrain cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from trainer.base import ConfigError, NullReporter
+from trainer.torchvision import weights
+from trainer.torchvision.blocks import build_model
+
+TINY_PRETRAIN = {"n_classes": 3, "n_train": 32, "epochs": 1, "batch": 16, "lr": 0.05}
+
+
+def test_missing_checkpoint_path(make_adapter, tmp_path):
+    adapter = make_adapter(weights=str(tmp_path / "nope.pt"))
+    with pytest.raises(ConfigError) as info:
+        adapter.check_data()
+    assert info.value.field == "weights"
+    assert "no such checkpoint file" in str(info.value)
+    with pytest.raises(ConfigError):
+        adapter.prepare()
+
+
+def test_torchvision_name_not_cached(make_adapter, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    adapter = make_adapter(weights="IMAGENET1K_V1")
+    with pytest.raises(ConfigError) as info:
+        adapter.check_data()
+    assert info.value.field == "weights"
+    message = str(info.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert "nothing is downloaded" in message
+
+
+def test_unknown_torchvision_name(make_adapter):
+    with pytest.raises(ConfigError, match="IMAGENET1K_V9"):
+        make_adapter(weights="IMAGENET1K_V9").check_data()
+
+
+def test_torchvision_name_in_cache_is_loaded(make_adapter, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    path = weights.torchvision_weights_file("resnet18", "DEFAULT")
+    path.parent.mkdir(parents=True)
+    imagenet_like = build_model("resnet18", 1000).net.state_dict()
+    torch.save(imagenet_like, path)
+    adapter = make_adapter(weights="DEFAULT")
+    adapter.check_data()
+    model = adapter.build(4)
+    assert torch.equal(model.net.conv1.weight, imagenet_like["conv1.weight"])
+    assert model.net.fc.out_features == 4  # the 1000-class head was dropped
+
+
+def test_checkpoint_round_trip(make_adapter, tmp_path):
+    trained = make_adapter(epochs=1)
+    path = trained.train_and_save(trained.default_hyp(), NullReporter(), tmp_path / "run")
+    saved = torch.load(path, weights_only=True)
+    assert saved["classes"] and saved["model_name"] == "resnet18"
+    restored = make_adapter(weights=str(path)).build(len(saved["classes"]))
+    for key, value in saved["model"].items():
+        assert torch.equal(restored.net.state_dict()[key], value), key
+    # a different class count keeps the backbone and drops the head
+    other = make_adapter(weights=str(path)).build(7)
+    assert other.net.fc.out_features == 7
+    assert torch.equal(other.net.conv1.weight, saved["model"]["conv1.weight"])
+
+
+def test_checkpoint_of_another_model_is_a_config_error(make_adapter, tmp_path):
+    path = tmp_path / "mobilenet.pt"
+    torch.save(build_model("mobilenet_v3_small", 4).net.state_dict(), path)
+    with pytest.raises(ConfigError, match="does not fit"):
+        make_adapter(weights=str(path)).build(4)
+
+
+def test_read_state_dict_strips_prefixes(tmp_path):
+    state = build_model("resnet18", 2).state_dict()  # BlockModel keys: "net.conv1.weight"
+    torch.save({"model": state}, tmp_path / "a.pt")
+    assert "conv1.weight" in weights.read_state_dict(tmp_path / "a.pt")
+
+
+def test_pretrain_runs_once_and_is_reused(make_adapter, tmp_path, monkeypatch):
+    adapter = make_adapter(weights="pretrain", pretrain=TINY_PRETRAIN)
+    path = weights.pretrain_file(adapter.settings, adapter.cache_dir)
+    assert not path.exists()
+    adapter.prepare()
+    assert path.is_file()
+    assert [p.name for p in path.parent.iterdir() if p.suffix == ".tmp"] == []
+    meta = torch.load(path, weights_only=True)["meta"]
+    assert 0.0 <= meta["source_val_acc"] <= 1.0
+    stamp = os.stat(path).st_mtime_ns
+
+    def must_not_pretrain(*_args, **_kwargs):
+        raise AssertionError("pretrained again")
+
+    monkeypatch.setattr(weights, "pretrain", must_not_pretrain)
+    again = make_adapter(weights="pretrain", pretrain=TINY_PRETRAIN)
+    again.prepare()
+    model = again.build(4)  # the source head (3 classes) is replaced by a fresh 4-class head
+    assert os.stat(path).st_mtime_ns == stamp
+    checkpoint = torch.load(path, weights_only=True)["model"]
+    assert torch.equal(model.net.layer1[0].conv1.weight, checkpoint["layer1.0.conv1.weight"])
+    assert model.net.fc.out_features == 4
+
+
+def test_pretrain_file_name_depends_on_settings(make_adapter):
+    a = make_adapter(weights="pretrain", pretrain=TINY_PRETRAIN)
+    b = make_adapter(weights="pretrain", pretrain={**TINY_PRETRAIN, "epochs": 2})
+    c = make_adapter(weights="pretrain", pretrain=TINY_PRETRAIN, imgsz=24)
+    paths = {weights.pretrain_file(x.settings, x.cache_dir) for x in (a, b, c)}
+    assert len(paths) == 3
+    assert all(p.name.startswith("pretrain-resnet18-") for p in paths)

@@ -1,0 +1,121 @@
+"""The yolov5 and ultralytics export formats."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from trainer.formats import FORMATS
+from trainer.ultralytics import UltralyticsAdapter
+from trainer.yolo_common import ULTRALYTICS_HYP, YOLOV5_HYP
+from trainer.yolov5 import YoloV5Adapter
+
+ROOT = Path(__file__).resolve().parents[2]
+# The key set of YOLOv5's data/hyps/hyp.scratch-low.yaml (checked against the real file).
+SCRATCH_LOW_KEYS = [
+    "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum",
+    "warmup_bias_lr", "box", "cls", "cls_pw", "obj", "obj_pw", "iou_t", "anchor_t", "fl_gamma",
+    "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud",
+    "fliplr", "mosaic", "mixup", "copy_paste",
+]
+
+
+@pytest.fixture(scope="module")
+def ultralytics_cfg(tmp_path_factory):
+    """Ultralytics' cfg module, imported through the adapter (config dir not in $HOME)."""
+    if importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("ultralytics is not installed")
+    from trainer.ultralytics import import_ultralytics
+
+    import_ultralytics(tmp_path_factory.mktemp("yolo-cache"))
+    import ultralytics.cfg
+
+    return ultralytics.cfg
+
+
+def yolov5_settings(tmp_path) -> dict:
+    adapter = YoloV5Adapter({"yolov5_dir": str(tmp_path / "yolov5"), "data": "/data/VOC.yaml",
+                             "weights": "/w/yolov5s.pt", "imgsz": 512, "epochs": 50},
+                            tmp_path / "cache")
+    return {"adapter": "yolov5", **adapter.settings_dict()}
+
+
+def test_yolov5_format_holds_every_scratch_low_key(tmp_path):
+    assert list(YOLOV5_HYP) == SCRATCH_LOW_KEYS
+    hyp = {"lr0": 0.005, "momentum": 0.9, "freeze": 10, "lr_decay": 1.0, "unfreeze_epoch": 0}
+    mapping, header = FORMATS["yolov5"].render(hyp, yolov5_settings(tmp_path))
+    assert list(mapping) == SCRATCH_LOW_KEYS
+    assert mapping["lr0"] == 0.005 and mapping["obj"] == 1.0 and mapping["anchor_t"] == 4.0
+    assert header[0].endswith(
+        "python train.py --data /data/VOC.yaml --weights /w/yolov5s.pt --img 512 "
+        "--hyp best_hyp.yaml --freeze 10 --epochs 50"
+    )
+    assert not any(line.startswith("note:") for line in header)
+
+
+def test_yolov5_format_names_what_train_py_cannot_take(tmp_path):
+    hyp = {**YOLOV5_HYP, "freeze": 3, "lr_decay": 0.7, "anchors": 3.0}
+    mapping, header = FORMATS["yolov5"].render(hyp, {"adapter": "ultralytics", "data": "x"})
+    assert "lr_decay" not in mapping and mapping["anchors"] == 3.0  # base extras pass through
+    assert any("lr_decay=0.7" in line for line in header)
+    assert "--data DATA.yaml --weights yolov5s.pt" in header[0]  # another adapter's settings
+
+
+def test_ultralytics_format_passes_ultralytics_cfg_check(tmp_path, ultralytics_cfg):
+    defaults, get_cfg = ultralytics_cfg.DEFAULT_CFG_DICT, ultralytics_cfg.get_cfg
+
+    adapter = UltralyticsAdapter({"data": str(tmp_path / "d.yaml"), "epochs": 7, "imgsz": 96,
+                                  "train_args": {"cos_lr": True}}, tmp_path / "cache")
+    settings = {"adapter": "ultralytics", **adapter.settings_dict()}
+    hyp = {**adapter.default_hyp(), "freeze": 10, "lr0": 0.003, "close_mosaic": 2,
+           "lr_decay": 0.8, "unfreeze_epoch": 0}
+    mapping, header = FORMATS["ultralytics"].render(hyp, settings)
+    text = yaml.safe_dump(mapping, sort_keys=False)
+    path = tmp_path / "best_hyp.yaml"
+    path.write_text(text)
+    loaded = yaml.safe_load(path.read_text())
+    # what `yolo train cfg=best_hyp.yaml` does: defaults overridden by the file, keys checked
+    cfg = get_cfg(defaults, loaded)
+    assert cfg.freeze == 10 and cfg.lr0 == 0.003 and cfg.epochs == 7 and cfg.imgsz == 96
+    assert cfg.model == "yolov8n.yaml" and cfg.optimizer == "SGD" and cfg.cos_lr is True
+    assert "lr_decay" not in loaded and "unfreeze_epoch" not in loaded
+    assert any("lr_decay=0.8" in line for line in header)
+    assert "yolo train cfg=best_hyp.yaml" in header[0]
+
+
+def test_ultralytics_format_from_another_adapter_keeps_valid_keys_only(ultralytics_cfg):
+    defaults, get_cfg = ultralytics_cfg.DEFAULT_CFG_DICT, ultralytics_cfg.get_cfg
+
+    hyp = {**YOLOV5_HYP, "freeze": 10}
+    mapping, _ = FORMATS["ultralytics"].render(hyp, {"adapter": "yolov5", "data": "x.yaml"})
+    assert "obj" not in mapping and "anchor_t" not in mapping
+    assert set(mapping) - {"model", "data", "optimizer", "freeze"} <= set(ULTRALYTICS_HYP)
+    get_cfg(defaults, mapping)
+
+
+def test_export_through_the_tuner(tmp_path):
+    """A study's best trial written by `tuner export` in the yolov5 format loads as a hyp file."""
+    from tuner.export import Pick, render
+
+    settings = yolov5_settings(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("config", {"trainer": settings, "base": {}})
+    study.set_user_attr("metrics", ["fitness"])
+    hyp = {**YOLOV5_HYP, "lr0": 0.002, "freeze": 24}
+    study.add_trial(optuna.trial.create_trial(
+        params={"freeze": 24}, distributions={"freeze": optuna.distributions.
+                                               CategoricalDistribution([0, 10, 24])},
+        value=0.42, user_attrs={"hyp": hyp},
+    ))
+    text = render(study, Pick(study.best_trial, "best value"))
+    loaded = yaml.safe_load(text)
+    assert list(loaded) == SCRATCH_LOW_KEYS and loaded["lr0"] == 0.002
+    command = next(line for line in text.splitlines() if "python train.py" in line)
+    argv = shlex.split(command.split(": ", 1)[1])
+    assert argv[argv.index("--freeze") + 1] == "24"
+    assert argv[argv.index("--hyp") + 1] == "best_hyp.yaml"

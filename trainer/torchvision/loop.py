@@ -1,0 +1,283 @@
+"""The epoch loop: train with warmup and schedule, evaluate, report, record.
+
+:func:`train` is shared by trials and by source-task pretraining. It seeds torch at the start,
+so every trial sees the same data order and augmentation draws and differences between trials
+come from their hyps. After each epoch it reports ``val/acc`` (top-1 fraction), ``val/loss``,
+``train/loss`` and ``lr`` (the head's) and appends a row to ``results.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer.base import Pruned, Reporter, TrialError, TrialResult
+from trainer.torchvision.augment import Augmenter
+from trainer.torchvision.blocks import BlockModel
+from trainer.torchvision.data import TensorSet
+from trainer.torchvision.freeze import count_params, freeze, frozen_for_epoch
+from trainer.torchvision.optim import Schedule, build_optimizer, head_lr
+
+# ImageNet statistics: what torchvision weights expect, and harmless for the synthetic sets.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+METRICS = ("val/acc", "val/loss", "train/loss", "lr")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How to train (everything that is not a hyp).
+
+    Attributes:
+        epochs: Epochs to train (also the length of the lr schedule).
+        batch: Training batch size.
+        device: Where to train.
+        seed: Seeds data order, augmentation and torch at the start of the run.
+        bn_frozen: ``"eval"`` or ``"train"`` for BatchNorm in frozen blocks.
+        max_batches_per_epoch: Optional cap on iterations per epoch (tests).
+    """
+
+    epochs: int
+    batch: int
+    device: torch.device
+    seed: int = 0
+    bn_frozen: str = "eval"
+    max_batches_per_epoch: int | None = None
+
+
+def train(
+    model: BlockModel,
+    train_set: TensorSet,
+    val_set: TensorSet | None,
+    hyp: Mapping[str, Any],
+    config: LoopConfig,
+    reporter: Reporter,
+    trial_dir: Path | None = None,
+) -> TrialResult:
+    """Train ``model`` (already on ``config.device``) and report every epoch.
+
+    Args:
+        model: The model, with its weights loaded.
+        train_set: Training split.
+        val_set: Validation split; None skips evaluation (pretraining).
+        hyp: Every hyp key (see ``DEFAULT_HYP``); others are ignored.
+        config: Loop settings.
+        reporter: Receives each epoch's metrics; may raise :class:`Pruned`.
+        trial_dir: Where ``results.csv`` goes; None writes nothing.
+
+    Returns:
+        The measurements.
+
+    Raises:
+        Pruned: From the reporter, with the partial result attached.
+        TrialError: Non-finite loss or CUDA out of memory, with the partial result attached.
+    """
+    torch.manual_seed(config.seed)
+    device = config.device
+    n_classes = len(train_set.classes)
+    n_freeze, unfreeze_epoch = int(hyp["freeze"]), int(hyp["unfreeze_epoch"])
+    freeze(model, n_freeze, config.bn_frozen)
+    n_trainable, n_frozen_params = count_params(model)
+    result = TrialResult(n_params_trainable=n_trainable, n_params_frozen=n_frozen_params)
+    result.extra["device"] = str(device)
+
+    optimizer = build_optimizer(model, hyp)
+    batches = _batch_count(len(train_set), config)
+    schedule = Schedule(optimizer, hyp, config.epochs, batches)
+    augment = Augmenter(hyp, n_classes, seed=config.seed + 1)
+    # Data order has its own generator so it does not shift with the augmentation settings.
+    order = torch.Generator().manual_seed(config.seed)
+    label_smoothing = float(hyp["label_smoothing"])
+    csv_path = trial_dir / "results.csv" if trial_dir is not None else None
+
+    with _peak_memory(device) as peak:
+        start = time.perf_counter()
+        try:
+            for epoch in range(config.epochs):
+                n_frozen = frozen_for_epoch(n_freeze, unfreeze_epoch, epoch)
+                if n_frozen != model.n_frozen:
+                    freeze(model, n_frozen, config.bn_frozen)
+                epoch_start = time.perf_counter()
+                train_loss = _train_epoch(
+                    model, train_set, optimizer, schedule, augment, order, epoch, batches,
+                    config, label_smoothing, result,
+                )
+                metrics = {"train/loss": train_loss, "lr": head_lr(optimizer)}
+                if val_set is not None:
+                    acc, loss = evaluate(model, val_set, device, config.batch)
+                    metrics = {"val/acc": acc, "val/loss": loss, **metrics}
+                result.train_seconds = time.perf_counter() - start
+                result.add_epoch(metrics)
+                _append_csv(csv_path, epoch, metrics, time.perf_counter() - epoch_start)
+                result.peak_memory_mb = peak()
+                reporter.report(epoch, metrics)
+        except (Pruned, TrialError) as exc:
+            result.train_seconds = time.perf_counter() - start
+            result.peak_memory_mb = peak()
+            exc.result = result
+            raise
+        except torch.cuda.OutOfMemoryError as exc:
+            result.peak_memory_mb = peak()
+            message = (
+                f"out of memory on {device} (batch {config.batch}, "
+                f"{train_set.images.shape[-1]} px); lower batch or imgsz"
+            )
+            raise TrialError(message, result) from exc
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    result.peak_memory_mb = peak()
+    return result
+
+
+def evaluate(
+    model: BlockModel, data: TensorSet, device: torch.device, batch: int
+) -> tuple[float, float]:
+    """Top-1 accuracy (fraction) and mean cross-entropy on ``data``, without augmentation."""
+    was_training = model.training
+    model.eval()
+    n_correct, loss_sum = 0, 0.0
+    with torch.no_grad():
+        # no gradients here, so twice the training batch fits comfortably
+        for index in torch.arange(len(data)).split(batch * 2):
+            images = to_input(data.images[index], device)
+            labels = data.labels[index].to(device)
+            logits = model(images)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            n_correct += int((logits.argmax(1) == labels).sum())
+    model.train(was_training)
+    return n_correct / len(data), loss_sum / len(data)
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 batch to normalised float on ``device``."""
+    return normalize(images.to(device, non_blocking=True).float().div_(255))
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Subtract the mean and divide by the std, per channel; channels-last memory layout.
+
+    Channels-last is what oneDNN and cuDNN convolutions prefer: about 20% faster on a CPU.
+    """
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return ((images - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def _batch_count(n_images: int, config: LoopConfig) -> int:
+    """Batches per epoch: the data split evenly, so no tiny last batch upsets BatchNorm."""
+    n_batches = max(1, n_images // config.batch)
+    if config.max_batches_per_epoch is not None:
+        n_batches = min(n_batches, config.max_batches_per_epoch)
+    return n_batches
+
+
+def _train_epoch(
+    model: BlockModel,
+    data: TensorSet,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    augment: Augmenter,
+    order: torch.Generator,
+    epoch: int,
+    n_batches: int,
+    config: LoopConfig,
+    label_smoothing: float,
+    result: TrialResult,
+) -> float:
+    """One epoch; returns the mean training loss."""
+    model.train()
+    device = config.device
+    perm = torch.randperm(len(data), generator=order)
+    # n_batches near-equal chunks of the shuffled data (a cap just drops the later chunks)
+    chunks = perm.tensor_split(max(1, len(data) // config.batch))[:n_batches]
+    loss_sum = 0.0
+    for batch, index in enumerate(chunks):
+        schedule.step(epoch, batch)
+        images = data.images[index].to(device, non_blocking=True).float().div_(255)
+        images, targets = augment(images, data.labels[index].to(device))
+        logits = model(normalize(images))
+        loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrialError(f"non-finite loss at epoch {epoch} batch {batch} ({value})", result)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += value
+    return loss_sum / len(chunks)
+
+
+def _append_csv(path: Path | None, epoch: int, metrics: Mapping[str, float], seconds: float) -> None:
+    if path is None:
+        return
+    row = {"epoch": epoch, **metrics, "epoch_seconds": round(seconds, 4)}
+    new = epoch == 0 or not path.exists()
+    with path.open("w" if new else "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+@contextmanager
+def _peak_memory(device: torch.device) -> Iterator[Any]:
+    """Yields a function returning the peak memory (MB) since entering.
+
+    CUDA: ``max_memory_allocated`` after a reset. CPU: the process RSS, sampled by a daemon
+    thread from ``/proc/self/status`` (no-op where that file does not exist).
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield lambda: torch.cuda.max_memory_allocated(device) / 2**20
+        return
+    sampler = _RssSampler()
+    sampler.start()
+    try:
+        yield sampler.peak_mb
+    finally:
+        sampler.stop()
+
+
+class _RssSampler(threading.Thread):
+    """Samples VmRSS every few milliseconds and keeps the maximum."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        super().__init__(daemon=True, name="rss-sampler")
+        self.interval = interval
+        self.peak_kb = _rss_kb() or 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.peak_kb = max(self.peak_kb, _rss_kb() or 0)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=1.0)
+
+    def peak_mb(self) -> float | None:
+        self.peak_kb = max(self.peak_kb, _rss_kb() or 0)
+        return round(self.peak_kb / 1024, 1) if self.peak_kb else None
+
+
+def _rss_kb() -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None

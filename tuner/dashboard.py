@@ -1,0 +1,104 @@
+"""``tuner dashboard``: optuna-dashboard on a study storage.
+
+Before serving, every study made by ``tuner search`` gets a note (the space file, the command
+line and the resolved config) and its objective names, so a reviewer sees in the dashboard what
+the study searched and how to run it again. Trials already carry their facts as user attrs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import yaml
+
+from tuner.errors import InputError
+
+# A note that starts with this line was written by tuner and may be refreshed; any other
+# non-empty note was written by a person in the dashboard and is left alone.
+NOTE_TITLE = "## tuner study"
+TRIAL_ATTRS = (
+    ("train_seconds", "training + validation time"),
+    ("wall_seconds", "time including set-up"),
+    ("peak_memory_mb", "peak GPU memory (peak RSS on CPU)"),
+    ("epochs_run", "epochs trained (fewer when pruned)"),
+    ("n_params_trainable / n_params_frozen", "parameters trained / frozen at the start"),
+    ("hyp_path", "the trial's full hyp YAML"),
+    ("fail_reason", "why a failed trial failed"),
+    ("baseline", "true on the baseline trial (base values)"),
+    ("history", "every metric per epoch"),
+)
+
+
+def study_note(study: Any) -> str:
+    """The Markdown note of a study made by ``tuner search``."""
+    attrs = study.user_attrs
+    metrics = attrs.get("metrics") or []
+    directions = [d.name.lower() for d in study.directions]
+    objective = ", ".join(f"`{m}` ({d})" for m, d in zip(metrics, directions))
+    config = yaml.safe_dump(attrs.get("config") or {}, sort_keys=False).rstrip()
+    rows = "\n".join(f"| `{key}` | {meaning} |" for key, meaning in TRIAL_ATTRS)
+    return (
+        f"{NOTE_TITLE} `{study.study_name}`\n\n"
+        f"- **space file:** `{attrs.get('space_file', 'n/a')}`\n"
+        f"- **command:** `{attrs.get('command', 'n/a')}`\n"
+        f"- **objective:** {objective or 'n/a'}\n\n"
+        "Trial user attrs:\n\n| attr | meaning |\n|---|---|\n"
+        f"{rows}\n\n"
+        f"Resolved config:\n\n```yaml\n{config}\n```\n"
+    )
+
+
+def annotate(storage: Any) -> list[str]:
+    """Write the note and objective names of every ``tuner search`` study in ``storage``.
+
+    A study's note is written when it is empty or an earlier tuner note that differs; a note a
+    person wrote is kept.
+
+    Returns:
+        The names of the studies whose note was written now.
+    """
+    import optuna
+    from optuna_dashboard import get_note, save_note
+
+    written = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if "config" not in summary.user_attrs:
+            continue  # not made by tuner search: nothing to say about it
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        metrics = study.user_attrs.get("metrics") or []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # set_metric_names is experimental in Optuna
+            if study.metric_names is None and len(metrics) == len(study.directions):
+                study.set_metric_names(list(metrics))
+        body = study_note(study)
+        current = get_note(study)
+        if current == body or (current and not current.startswith(NOTE_TITLE)):
+            continue
+        save_note(study, body)
+        written.append(study.study_name)
+    return written
+
+
+def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Annotate the studies, then serve optuna-dashboard until interrupted.
+
+    Raises:
+        InputError: optuna-dashboard is not installed, or the address cannot be bound.
+    """
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise InputError(
+            "dashboard", None, "optuna-dashboard is not installed; pip install 'tuner[dashboard]'"
+        ) from None
+    from tuner.study import open_storage
+
+    storage = open_storage(storage_url, heartbeat=False)
+    annotate(storage)
+    try:
+        optuna_dashboard.run_server(storage, host=host, port=port)
+    except OSError as exc:
+        raise InputError(
+            "--port", None, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
