@@ -278,9 +278,9 @@ def _parse_param(ctx: _Ctx, name: str, raw: Any) -> ParamSpec:
     return ParamSpec(name, kind, low=low, high=high, log=log, step=step)
 
 
-def _parse_objective(ctx: _Ctx, raw: Any, adapter_cls: type[Adapter]) -> ObjectiveConfig:
+def _parse_objective(ctx: _Ctx, raw: Any, adapter: Adapter) -> ObjectiveConfig:
     if raw is None:
-        target = Target(adapter_cls.default_metric, adapter_cls.default_direction)
+        target = Target(adapter.default_metric, adapter.default_direction)
         return ObjectiveConfig((target,))
     if isinstance(raw, Mapping):
         ctx.unknown(raw, ("metric", "direction", "reduce"), "objective")
@@ -296,8 +296,8 @@ def _parse_objective(ctx: _Ctx, raw: Any, adapter_cls: type[Adapter]) -> Objecti
         item = ctx.mapping(item, where)
         if not isinstance(raw, Mapping):
             ctx.unknown(item, ("metric", "direction"), where)
-        metric = ctx.string(item.get("metric", adapter_cls.default_metric), f"{where}.metric")
-        default_dir = COST_METRICS.get(metric, adapter_cls.default_direction)
+        metric = ctx.string(item.get("metric", adapter.default_metric), f"{where}.metric")
+        default_dir = COST_METRICS.get(metric, adapter.default_direction)
         direction = ctx.string(
             item.get("direction", default_dir), f"{where}.direction", DIRECTIONS
         )
@@ -457,7 +457,7 @@ def load_space(
     except ConfigError as exc:
         raise ctx.error(f"trainer.{exc.field}", exc.message) from None
 
-    objective = _parse_objective(ctx, raw.get("objective"), adapter_cls)
+    objective = _parse_objective(ctx, raw.get("objective"), adapter)
     known_metrics = list(getattr(adapter, "metrics", ())) + list(COST_METRICS)
     for i, target in enumerate(objective.targets):
         if target.metric not in known_metrics:

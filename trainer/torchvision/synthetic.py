@@ -20,7 +20,7 @@ import math
 import torch
 
 # Bump when the drawing changes: it is part of the pretrain cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bars", "semicircle", "ellipse")
 TEXTURES = ("solid", "stripes", "checker", "dots", "concentric", "grid", "speckle")
@@ -120,7 +120,7 @@ def draw(
 
     # shape frame: translate, rotate, scale to the unit shape
     cx, cy = uniform(-0.3, 0.3, 1, 1), uniform(-0.3, 0.3, 1, 1)
-    radius = uniform(0.5, 0.8, 1, 1)
+    radius = uniform(0.65, 0.9, 1, 1)
     theta = uniform(0, 2 * math.pi, 1, 1)
     dx, dy = xs - cx, ys - cy
     cos, sin = torch.cos(theta), torch.sin(theta)
@@ -129,7 +129,7 @@ def draw(
     mask = _shape_masks(u, v, shape_ids)
 
     # texture in the shape frame, with its own period and phase
-    period = uniform(0.35, 0.55, 1, 1) / radius  # in unit-shape coordinates
+    period = uniform(0.6, 0.8, 1, 1) / radius  # in unit-shape coordinates
     phase_u, phase_v = uniform(0, 1, 1, 1), uniform(0, 1, 1, 1)
     stripe_angle = uniform(0, math.pi, 1, 1)
     pattern = _textures(u, v, period, phase_u, phase_v, stripe_angle, texture_ids, gen)
