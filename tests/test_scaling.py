@@ -1,0 +1,143 @@
+"""Many workers on one study, crash resume and Ctrl-C, with real processes and storages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tuner.cli import main
+
+SPACE = """
+study: s
+trainer: {{adapter: curve, epochs: 3, sleep: {sleep}}}
+objective: {{metric: val/acc}}
+base: {{lr0: 0.001, momentum: 0.7}}
+search: {{n_trials: {n_trials}, seed: 0, pruner: {{name: median, args: {{n_startup_trials: 2}}}}}}
+space:
+  freeze: {{type: int, low: 0, high: 5}}
+  lr0: {{type: float, low: 1.0e-4, high: 1.0e-1, log: true}}
+"""
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def write_space(workdir, n_trials, sleep=0.0):
+    path = workdir / "s.yaml"
+    path.write_text(SPACE.format(n_trials=n_trials, sleep=sleep))
+    return path
+
+
+def load(url="sqlite:///studies/s.db"):
+    return optuna.load_study(study_name="s", storage=url)
+
+
+def assert_exact_total(study, n_trials):
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == n_trials
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+
+
+def test_four_local_workers_share_one_study_exactly(workdir, capsys):
+    space = write_space(workdir, n_trials=12, sleep=0.05)
+    assert main(["search", "--space", str(space), "--workers", "4"]) == 0
+    assert_exact_total(load(), 12)
+    assert "database is locked" not in capsys.readouterr().err
+
+
+def tuner_process(workdir, *args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.run_tuner", *args], cwd=workdir, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+    )
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def running_after_complete(study_url="sqlite:///studies/s.db"):
+    try:
+        trials = load(study_url).trials
+    except Exception:  # noqa: BLE001 - the database or the study does not exist yet
+        return False
+    states = [t.state for t in trials]
+    # inside the training loop of a trial (it reported an epoch), after a finished one
+    return (
+        optuna.trial.TrialState.COMPLETE in states
+        and states[-1].name == "RUNNING"
+        and bool(trials[-1].intermediate_values)
+    )
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_keeps_finished_trials_and_retries_the_lost_one(workdir):
+    space = write_space(workdir, n_trials=4, sleep=0.4)
+    proc = tuner_process(workdir, "search", "--space", str(space))
+    wait_for(running_after_complete)
+    finished_before = {t.number: t.value for t in load().get_trials(states=FINISHED)}
+    lost = load().trials[-1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    again = tuner_process(workdir, "search", "--space", str(space))
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert f"trial #{lost.number} lost its worker" in err
+    study = load()
+    assert study.trials[lost.number].state == optuna.trial.TrialState.FAIL
+    assert "worker lost" in study.trials[lost.number].user_attrs["fail_reason"]
+    for number, value in finished_before.items():
+        assert study.trials[number].value == value  # nothing finished was lost
+    retried = [t for t in study.trials[lost.number + 1:] if t.params == lost.params]
+    assert retried, "the lost configuration runs again"
+    assert len(study.get_trials(states=FINISHED)) == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_the_trial_writes_best_so_far_and_exits_130(workdir):
+    space = write_space(workdir, n_trials=20, sleep=0.4)
+    proc = tuner_process(workdir, "search", "--space", str(space))
+    wait_for(running_after_complete)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    study = load()
+    interrupted = study.trials[-1]
+    assert interrupted.state == optuna.trial.TrialState.FAIL
+    assert "interrupted" in interrupted.user_attrs["fail_reason"]
+    best = yaml.safe_load((workdir / "studies" / "s" / "best_hyp.yaml").read_text())
+    assert best == study.best_trial.user_attrs["hyp"]
+
+
+def test_postgres_two_workers(workdir):
+    url = os.environ.get("TUNER_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("TUNER_TEST_POSTGRES_URL not set (.ci/postgres.sh starts a server and sets it)")
+    import uuid
+
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    space = write_space(workdir, n_trials=8, sleep=0.05)
+    args = ["search", "--space", str(space), "--storage", url, "--study", name]
+    # each machine gets its own seed, or both would sample the same startup trials
+    procs = [tuner_process(workdir, *args, "--seed", str(seed)) for seed in (1, 2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    study = optuna.load_study(study_name=name, storage=url)
+    assert_exact_total(study, 8)
