@@ -19,4 +19,4 @@ set -euo pipefail
   su postgres -c "psql -q -c \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tuner') THEN CREATE ROLE tuner LOGIN PASSWORD 'tuner'; END IF; END \\\$\\\$;\""
   su postgres -c "psql -q -tc \"SELECT 1 FROM pg_database WHERE datname = 'tuner'\" | grep -q 1 || createdb -O tuner tuner"
 } >&2
-echo "export TUNER_TEST_POSTGRES_URL=postgresql+psycopg2://tuner:tuner@127.0.0.1:5432/tuner"
+echo "export TUNER_TEST_POSTGRES_URL=postgresql://tuner:tuner@127.0.0.1:5432/tuner"

@@ -57,8 +57,13 @@ def test_four_local_workers_share_one_study_exactly(workdir, capsys):
 def tuner_process(workdir, *args, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.run_tuner", *args], cwd=workdir, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+        [sys.executable, "-m", "tests.run_tuner", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
     )
 
 
@@ -104,7 +109,7 @@ def test_kill_9_then_resume_keeps_finished_trials_and_retries_the_lost_one(workd
     assert "worker lost" in study.trials[lost.number].user_attrs["fail_reason"]
     for number, value in finished_before.items():
         assert study.trials[number].value == value  # nothing finished was lost
-    retried = [t for t in study.trials[lost.number + 1:] if t.params == lost.params]
+    retried = [t for t in study.trials[lost.number + 1 :] if t.params == lost.params]
     assert retried, "the lost configuration runs again"
     assert len(study.get_trials(states=FINISHED)) == 4
 
@@ -128,7 +133,9 @@ def test_ctrl_c_records_the_trial_writes_best_so_far_and_exits_130(workdir):
 def test_postgres_two_workers(workdir):
     url = os.environ.get("TUNER_TEST_POSTGRES_URL")
     if not url:
-        pytest.skip("TUNER_TEST_POSTGRES_URL not set (.ci/postgres.sh starts a server and sets it)")
+        pytest.skip(
+            "TUNER_TEST_POSTGRES_URL not set (.ci/postgres.sh starts a server and sets it)"
+        )
     import uuid
 
     name = f"pg-{uuid.uuid4().hex[:8]}"

@@ -523,17 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="local worker processes sharing the study (optuna backend; default: 1)",
     )
-    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
-    p.add_argument(
-        "--concurrency", type=int, metavar="K", help="trials running at once (ray backend)"
-    )
-    p.add_argument(
-        "--resources-per-trial",
-        metavar="SPEC",
-        help="resources of one trial, e.g. cpu=2,gpu=0.5 (ray backend)",
-    )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_search)
+    # --ray-address / --concurrency / --resources-per-trial arrive with the Ray backend
+    p.set_defaults(func=cmd_search, ray_address=None, concurrency=None, resources_per_trial=None)
 
     p = sub.add_parser("export", help="write the hyp YAML of the best or a chosen trial")
     p.add_argument("--storage", required=True, help="storage URL")

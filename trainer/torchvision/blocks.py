@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
 FREEZE_SEMANTICS = (
     "freeze=N freezes blocks 0..N-1 (input side; 0 = train everything); "
     "the head (last block) always trains"

@@ -110,8 +110,17 @@ def train(
                     freeze(model, n_frozen, config.bn_frozen)
                 epoch_start = time.perf_counter()
                 train_loss = _train_epoch(
-                    model, train_set, optimizer, schedule, augment, order, epoch, batches,
-                    config, label_smoothing, result,
+                    model,
+                    train_set,
+                    optimizer,
+                    schedule,
+                    augment,
+                    order,
+                    epoch,
+                    batches,
+                    config,
+                    label_smoothing,
+                    result,
                 )
                 metrics = {"train/loss": train_loss, "lr": head_lr(optimizer)}
                 if val_set is not None:
@@ -219,7 +228,9 @@ def _train_epoch(
     return loss_sum / len(chunks)
 
 
-def _append_csv(path: Path | None, epoch: int, metrics: Mapping[str, float], seconds: float) -> None:
+def _append_csv(
+    path: Path | None, epoch: int, metrics: Mapping[str, float], seconds: float
+) -> None:
     if path is None:
         return
     row = {"epoch": epoch, **metrics, "epoch_seconds": round(seconds, 4)}

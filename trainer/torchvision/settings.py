@@ -124,7 +124,9 @@ def parse_settings(raw: Mapping[str, Any] | None) -> Settings:
     if "device" in raw:
         device = str(raw["device"]).strip().lower()
         if not DEVICE_PATTERN.fullmatch(device):
-            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {raw['device']!r}")
+            raise ConfigError(
+                "device", f"must be auto, cpu, cuda or cuda:N, got {raw['device']!r}"
+            )
         values["device"] = device
     if "weights" in raw:
         weights = _path_or_word(raw["weights"], "weights", SPECIAL_WEIGHTS)

@@ -147,15 +147,21 @@ def load_weights(model: BlockModel, state: dict[str, torch.Tensor], drop_head: b
         else:
             kept[key] = value
     # old checkpoints lack the BatchNorm counters, which is harmless
-    missing = [k for k in target if k not in kept and k not in head_keys
-               and not k.endswith("num_batches_tracked")]
+    missing = [
+        k
+        for k in target
+        if k not in kept and k not in head_keys and not k.endswith("num_batches_tracked")
+    ]
     unexpected = [k for k in kept if k not in target]
     wrong = [k for k in kept if k in target and kept[k].shape != target[k].shape]
     if missing or unexpected or wrong:
         details = "; ".join(
             f"{label}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                ("wrong shape", wrong))
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", wrong),
+            )
             if keys
         )
         raise ValueError(f"checkpoint does not fit this model ({details})")
@@ -177,7 +183,9 @@ def pretrain_file(settings: Settings, cache_dir: Path) -> Path:
     return Path(cache_dir) / "torchvision" / name
 
 
-def ensure_pretrained(settings: Settings, cache_dir: Path, device: torch.device | None = None) -> Path:
+def ensure_pretrained(
+    settings: Settings, cache_dir: Path, device: torch.device | None = None
+) -> Path:
     """Pretrain on the source task unless the checkpoint is cached; returns its path.
 
     Concurrent processes wait on a lock file instead of pretraining twice; the checkpoint is
@@ -206,7 +214,9 @@ def pretrain(settings: Settings, device: torch.device) -> tuple[dict[str, torch.
     """
     spec = settings.pretrain
     start = time.perf_counter()
-    train_set = data.load_synthetic("source", spec.n_classes, spec.n_train, settings.imgsz, spec.seed)
+    train_set = data.load_synthetic(
+        "source", spec.n_classes, spec.n_train, settings.imgsz, spec.seed
+    )
     val_set = data.load_synthetic(
         "source", spec.n_classes, N_SOURCE_VAL, settings.imgsz, spec.seed + 1
     )
@@ -215,8 +225,12 @@ def pretrain(settings: Settings, device: torch.device) -> tuple[dict[str, torch.
     # the default recipe with the pretrain lr, a short warmup and a cosine decay to 1%
     hyp = {**DEFAULT_HYP, "lr0": spec.lr, "warmup_epochs": 1.0, "cos_lr": True}
     config = loop.LoopConfig(epochs=spec.epochs, batch=spec.batch, device=device, seed=spec.seed)
-    log.info("pretraining %s on the synthetic source task (%d images, %d epochs)",
-             settings.model, spec.n_train, spec.epochs)
+    log.info(
+        "pretraining %s on the synthetic source task (%d images, %d epochs)",
+        settings.model,
+        spec.n_train,
+        spec.epochs,
+    )
     loop.train(model, train_set, None, hyp, config, NullReporter())
     acc, _ = loop.evaluate(model, val_set, device, spec.batch)
     meta = {

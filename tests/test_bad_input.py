@@ -1,0 +1,220 @@
+"""Bad input: every row of the README's table, and random YAML thrown at the space loader."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tuner.cli import main
+from tuner.errors import InputError
+from tuner.space import load_space
+
+VALID = {
+    "trainer": {"adapter": "curve", "epochs": 2},
+    "objective": {"metric": "val/acc"},
+    "search": {"n_trials": 3},
+    "space": {
+        "freeze": {"type": "int", "low": 0, "high": 5},
+        "lr0": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+        "optimizer": {"type": "categorical", "choices": ["SGD", "AdamW"]},
+    },
+}
+
+
+def space_text(**changes):
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return yaml.safe_dump(data)
+
+
+TV = (
+    "trainer: {{adapter: torchvision, {}}}\n"
+    "space: {{lr0: {{type: float, low: 0.001, high: 0.1}}}}\n"
+)
+ROWS = [
+    ("malformed YAML", "trainer: [1, 2\n", [], "s.yaml: invalid YAML at line"),
+    ("unknown top-level key", space_text() + "serach: {}\n", [], "s.yaml: serach: unknown key"),
+    (
+        "unknown param type",
+        space_text(**{"space.freeze.type": "integer"}),
+        [],
+        "s.yaml: space.freeze.type: unknown value 'integer'",
+    ),
+    (
+        "low >= high",
+        space_text(**{"space.lr0.low": 0.5}),
+        [],
+        "s.yaml: space.lr0: low (0.5) must be < high (0.1)",
+    ),
+    (
+        "log with low <= 0",
+        space_text(**{"space.lr0.low": 0.0}),
+        [],
+        "s.yaml: space.lr0: log scale needs low > 0",
+    ),
+    (
+        "categorical with no choices",
+        space_text(**{"space.optimizer.choices": []}),
+        [],
+        "s.yaml: space.optimizer.choices: must be a non-empty list",
+    ),
+    (
+        "unknown adapter",
+        space_text(**{"trainer.adapter": "yolov9"}),
+        [],
+        "s.yaml: trainer.adapter: unknown adapter 'yolov9'",
+    ),
+    (
+        "key unsupported by the adapter",
+        space_text(**{"space.mosaic": {"type": "float", "low": 0, "high": 1}}),
+        [],
+        "s.yaml: space.mosaic: adapter 'curve' cannot tune this key",
+    ),
+    (
+        "missing dataset path",
+        TV.format("data: /no/such/root"),
+        [],
+        "s.yaml: trainer.data: no such directory: /no/such/root",
+    ),
+    ("missing checkpoint", TV.format("weights: /no/such.pt"), [], "s.yaml: trainer.weights:"),
+    (
+        "torchvision weights not in the local cache",
+        TV.format("weights: IMAGENET1K_V1"),
+        [],
+        "s.yaml: trainer.weights:",
+    ),
+    (
+        "malformed storage URL",
+        space_text(),
+        ["--storage", "studies.db"],
+        "--storage: 'studies.db' is not a storage URL",
+    ),
+    (
+        "unreachable storage",
+        space_text(),
+        ["--storage", "postgresql://u:p@127.0.0.1:1/db"],
+        "--storage: cannot open postgresql://u:p@127.0.0.1:1/db",
+    ),
+    (
+        "unwritable output path",
+        space_text(),
+        ["--out", "afile/best.yaml"],
+        "--out: cannot write afile/best.yaml",
+    ),
+    ("n_trials <= 0", space_text(), ["--n-trials", "0"], "s.yaml: search.n_trials: must be > 0"),
+]
+
+
+@pytest.mark.parametrize("text,flags,expected", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(
+    workdir, capsys, text, flags, expected
+):
+    (workdir / "s.yaml").write_text(text)
+    (workdir / "afile").write_text("")
+    code = main(["search", "--space", "s.yaml", *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    studies = workdir / "studies"
+    leftovers = [p for p in studies.rglob("*") if p.is_file()] if studies.exists() else []
+    assert not [p for p in leftovers if p.suffix in (".db", ".yaml")], leftovers
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 50),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.sampled_from(["float", "int", "categorical", "curve", "tpe"]),
+)
+trees = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.one_of(
+                st.sampled_from(
+                    [
+                        "type",
+                        "low",
+                        "high",
+                        "log",
+                        "step",
+                        "choices",
+                        "space",
+                        "trainer",
+                        "search",
+                        "adapter",
+                        "n_trials",
+                        "metric",
+                    ]
+                ),
+                st.text(max_size=6),
+            ),
+            children,
+            max_size=5,
+        ),
+    ),
+    max_leaves=20,
+)
+PATHS = [
+    "trainer",
+    "trainer.adapter",
+    "trainer.epochs",
+    "objective",
+    "search",
+    "search.n_trials",
+    "search.sampler",
+    "search.pruner",
+    "space",
+    "space.lr0",
+    "space.lr0.low",
+    "space.freeze.high",
+    "space.optimizer.choices",
+    "base",
+]
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(tree=trees)
+def test_random_yaml_loads_or_raises_input_error(tmp_path, tree):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    try:
+        load_space(path)
+    except InputError:
+        pass
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(where=st.sampled_from(PATHS), value=trees)
+def test_mutated_valid_space_loads_or_raises_input_error(tmp_path, where, value):
+    path = tmp_path / "m.yaml"
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    node = data
+    *parents, last = where.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    path.write_text(yaml.safe_dump(data))
+    try:
+        load_space(path)
+    except InputError:
+        pass
