@@ -6,10 +6,7 @@ For tests that need a real process (signals, kill -9, several workers) on the fa
 from __future__ import annotations
 
 import tests.conftest  # noqa: F401 - registers the `curve` adapter
-from trainer.base import register_adapter
 from tuner.cli import main
-
-register_adapter("faulty", "tests.fault_fakes:FaultyAdapter")
 
 if __name__ == "__main__":
     raise SystemExit(main())
