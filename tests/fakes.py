@@ -22,6 +22,7 @@ class CurveSettings:
     sleep: float = 0.0
     fail_above_lr0: float | None = None  # lr0 above this raises TrialError (a diverged run)
     crash_above_lr0: float | None = None  # lr0 above this raises RuntimeError (a bug)
+    oom_above_lr0: float | None = None  # lr0 above this raises torch.cuda.OutOfMemoryError
     data: str | None = None
 
 
@@ -83,6 +84,10 @@ class CurveAdapter(Adapter):
         s = self.settings
         if s.crash_above_lr0 is not None and hyp["lr0"] > s.crash_above_lr0:
             raise RuntimeError("simulated crash in the training code")
+        if s.oom_above_lr0 is not None and hyp["lr0"] > s.oom_above_lr0:
+            import torch  # only here: the fake stays light for every other test
+
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         q = self.quality(hyp)
         started = time.perf_counter()
         for epoch in range(s.epochs):

@@ -86,15 +86,27 @@ ROWS = [
     ("missing checkpoint", TV.format("weights: /no/such.pt"), [], "s.yaml: trainer.weights:"),
     (
         "torchvision weights not in the local cache",
-        TV.format("weights: IMAGENET1K_V1"),
+        TV.format("weights: DEFAULT"),
         [],
-        "s.yaml: trainer.weights:",
+        "s.yaml: trainer.weights: torchvision weights DEFAULT for resnet18 are not cached",
+    ),
+    (
+        "unknown sampler argument",
+        space_text(**{"search.sampler": {"name": "tpe", "args": {"n_startup": 3}}}),
+        [],
+        "s.yaml: search.sampler.args.n_startup: not an argument of tpe",
     ),
     (
         "malformed storage URL",
         space_text(),
         ["--storage", "studies.db"],
         "--storage: 'studies.db' is not a storage URL",
+    ),
+    (
+        "storage URL without a database file",
+        space_text(),
+        ["--storage", "sqlite:///:memory:"],
+        "--storage: 'sqlite:///:memory:' names no database file",
     ),
     (
         "unreachable storage",
@@ -109,15 +121,29 @@ ROWS = [
         "--out: cannot write afile/best.yaml",
     ),
     ("n_trials <= 0", space_text(), ["--n-trials", "0"], "s.yaml: search.n_trials: must be > 0"),
+    (
+        "malformed resources per trial",
+        space_text(),
+        ["--backend", "ray", "--resources-per-trial", "cpu=two"],
+        "--resources-per-trial: expected NAME=AMOUNT",
+    ),
+    (
+        "Ray flag without the ray backend",
+        space_text(),
+        ["--ray-address", "auto"],
+        "--ray-address: needs --backend ray (got --backend optuna)",
+    ),
 ]
 
 
 @pytest.mark.parametrize("text,flags,expected", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
 def test_bad_input_exits_2_with_one_line_and_leaves_nothing(
-    workdir, capsys, text, flags, expected
+    workdir, capsys, monkeypatch, text, flags, expected
 ):
+    # an empty torch cache, whatever this machine has downloaded (and no network is tried)
+    monkeypatch.setenv("TORCH_HOME", str(workdir / "torch-home"))
     (workdir / "s.yaml").write_text(text)
-    (workdir / "afile").write_text("")
+    (workdir / "afile").write_text("")  # a regular file: nothing can be created below it
     code = main(["search", "--space", "s.yaml", *flags])
     err = capsys.readouterr().err
     assert code == 2, err
@@ -125,7 +151,8 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     studies = workdir / "studies"
     leftovers = [p for p in studies.rglob("*") if p.is_file()] if studies.exists() else []
-    assert not [p for p in leftovers if p.suffix in (".db", ".yaml")], leftovers
+    # only caches may remain: no study database, lock file, hyp or config YAML
+    assert [p for p in leftovers if ".cache" in p.parts] == leftovers, leftovers
 
 
 scalars = st.one_of(
@@ -214,6 +241,30 @@ def test_mutated_valid_space_loads_or_raises_input_error(tmp_path, where, value)
         node = node[part]
     node[last] = value
     path.write_text(yaml.safe_dump(data))
+    try:
+        load_space(path)
+    except InputError:
+        pass
+
+
+VALID_TEXT = yaml.safe_dump(VALID)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    start=st.integers(0, len(VALID_TEXT)),
+    n_cut=st.integers(0, 12),
+    inserted=st.text(alphabet=st.sampled_from(list("{}[]:,-&*!|>'\"#%@` \n\t.0123456789ae")),
+                     max_size=8),
+)
+def test_text_edits_of_a_valid_space_load_or_raise_input_error(tmp_path, start, n_cut, inserted):
+    # typos at the character level: unbalanced brackets, stray anchors and tags, broken indents
+    path = tmp_path / "t.yaml"
+    path.write_text(VALID_TEXT[:start] + inserted + VALID_TEXT[start + n_cut :])
     try:
         load_space(path)
     except InputError:

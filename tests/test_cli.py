@@ -42,6 +42,7 @@ def test_search_writes_best_hyp_and_resolved_config(space, workdir, capsys):
         "sleep": 0.0,
         "fail_above_lr0": None,
         "crash_above_lr0": None,
+        "oom_above_lr0": None,
         "data": None,
     }
     assert "gain +" in out  # printed with the gain over the baseline

@@ -158,6 +158,15 @@ def _search_options(args: argparse.Namespace) -> Any:
             "--workers", None, f"starts local Optuna workers; with --backend {args.backend} use "
             "--concurrency"
         )
+    ray_flags = {
+        "--ray-address": args.ray_address,
+        "--concurrency": args.concurrency,
+        "--resources-per-trial": args.resources_per_trial,
+    }
+    for flag, value in ray_flags.items():
+        # silently ignoring a cluster address would run the study on this machine instead
+        if value is not None and args.backend != "ray":
+            raise InputError(flag, None, f"needs --backend ray (got --backend {args.backend})")
     return SearchOptions(
         workers=args.workers,
         ray_address=args.ray_address,
@@ -183,6 +192,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else out_dir / "best_hyp.yaml"
     _check_writable(out)
     adapter = _adapter_checked(config)
+    # sampler and pruner arguments are checked before the storage (a new SQLite file) exists,
+    # so a typo there leaves no empty study database behind
+    st.make_sampler(config)
+    st.make_pruner(config)
     storage = st.open_storage(storage_url)
     lock = st.slot_lock(storage_url, storage, config.study)
     resolved = config.to_dict(adapter)
@@ -450,8 +463,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
+    from tuner import study as st
+
     config = _load(args)
     adapter = _adapter_checked(config)
+    st.make_sampler(config)
+    st.make_pruner(config)
     print(f"# {args.space}: ok", file=sys.stderr)
     print(yaml.safe_dump(config.to_dict(adapter), sort_keys=False), end="")
     return 0
@@ -524,8 +541,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="local worker processes sharing the study (optuna backend; default: 1)",
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    # --ray-address / --concurrency / --resources-per-trial arrive with the Ray backend
-    p.set_defaults(func=cmd_search, ray_address=None, concurrency=None, resources_per_trial=None)
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join this Ray cluster, e.g. auto or ray://host:10001 (ray backend; default: start "
+        "a local instance)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="K",
+        help="trials running at once (ray backend; default: as many as the resources allow)",
+    )
+    p.add_argument(
+        "--resources-per-trial",
+        metavar="SPEC",
+        help="resources of one trial, e.g. cpu=2,gpu=0.5 (ray backend; default: cpu=1)",
+    )
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("export", help="write the hyp YAML of the best or a chosen trial")
     p.add_argument("--storage", required=True, help="storage URL")

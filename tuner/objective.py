@@ -40,6 +40,20 @@ def cost_value(result: TrialResult, metric: str) -> float | None:
     return None
 
 
+def checked_metric(metric: str, epoch: int, metrics: Mapping[str, float]) -> float:
+    """The objective metric of an epoch's report (shared by every backend's reporter).
+
+    Raises:
+        TrialError: It is missing or not finite (a diverged run: stop that trial at once).
+    """
+    if metric not in metrics:
+        raise TrialError(f"metric {metric!r} was not reported; got {', '.join(sorted(metrics))}")
+    value = float(metrics[metric])
+    if not math.isfinite(value):
+        raise TrialError(f"{metric} is {value} at epoch {epoch}")
+    return value
+
+
 class OptunaReporter:
     """Reports the objective metric per epoch to Optuna and raises :class:`Pruned` on demand.
 
@@ -56,13 +70,7 @@ class OptunaReporter:
         self.on_epoch = on_epoch
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        if self.metric not in metrics:
-            raise TrialError(
-                f"metric {self.metric!r} was not reported; got {', '.join(sorted(metrics))}"
-            )
-        value = float(metrics[self.metric])
-        if not math.isfinite(value):
-            raise TrialError(f"{self.metric} is {value} at epoch {epoch}")
+        value = checked_metric(self.metric, epoch, metrics)
         if self.prune:
             # Optuna keeps intermediate values for single-objective studies only; multi-objective
             # trials keep their curves in the `history` user attr instead.
@@ -93,6 +101,25 @@ def reduce_metric(history: list[dict[str, float]], metric: str, direction: str, 
     if how == "last":
         return values[-1]
     return max(values) if direction == "maximize" else min(values)
+
+
+def trial_values(config: StudyConfig, result: TrialResult) -> list[float]:
+    """A finished trial's objective values, one per target (shared by every backend).
+
+    Raises:
+        TrialError: A target metric was never reported.
+    """
+    objective = config.objective
+    values = []
+    for target in objective.targets:
+        cost = cost_value(result, target.metric)
+        if cost is None:
+            values.append(
+                reduce_metric(result.history, target.metric, target.direction, objective.reduce)
+            )
+        else:
+            values.append(float(cost))
+    return values
 
 
 class Objective:
@@ -154,17 +181,7 @@ class Objective:
             gc.collect()
             _empty_cuda_cache()
         self._record(trial, result, started)
-        values = []
-        for target in objective.targets:
-            cost = cost_value(result, target.metric)
-            if cost is None:
-                values.append(
-                    reduce_metric(
-                        result.history, target.metric, target.direction, objective.reduce
-                    )
-                )
-            else:
-                values.append(float(cost))
+        values = trial_values(self.config, result)
         return values if objective.is_multi else values[0]
 
     def _record(self, trial: optuna.Trial, result: TrialResult | None, started: float) -> None:

@@ -92,9 +92,14 @@ def open_storage(
         )
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
-        db = url.split(":///", 1)[-1]
-        if db and db != ":memory:":
-            _ensure_parent(Path(db), url)
+        db = url.split(":///", 1)[-1] if ":///" in url else ""
+        if not db or db.startswith(":memory:"):
+            # an in-memory database is one per connection: the heartbeat thread would not see
+            # the study's tables, and every result would vanish with the process anyway
+            raise InputError(
+                "--storage", None, f"{url!r} names no database file (sqlite:///PATH.db)"
+            )
+        _ensure_parent(Path(db), url)
         # Wait instead of failing with "database is locked" when workers write together.
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     else:

@@ -110,7 +110,12 @@ BACKENDS: dict[str, Backend] = {
         "tuner.backends.local:run",
         "Optuna's loop in this process, or in --workers N local processes (default)",
     ),
-    # The Ray Tune backend (issue 5) is not built yet; it registers here when it is.
+    "ray": Backend(
+        "tuner.backends.ray:run",
+        "Ray Tune on a local instance or --ray-address ADDR (Optuna's sampler, Ray's schedulers)",
+        extra="ray",
+        requires="ray",
+    ),
 }
 
 

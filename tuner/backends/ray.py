@@ -1,0 +1,427 @@
+"""The ``ray`` backend: the same study on Ray Tune (a local instance or an existing cluster).
+
+Ray's ``OptunaSearch`` samples, with the space's own sampler (same registry, defaults and
+seed), and it is given the study's storage and name: every Ray trial is asked from and told to
+the SAME Optuna study the ``optuna`` backend writes, so trial numbers, the baseline (enqueued
+in the study, which ``ask`` pops first, so no ``points_to_evaluate`` is needed), retries of
+lost trials, ``status``, ``export`` and ``report`` are shared. Early stopping is Ray's
+scheduler, mapped from the space's pruner (:func:`make_scheduler`).
+
+The trial's state is decided here on the driver, which sees every result: a trial whose
+trainable finished is COMPLETE (its values computed like :mod:`tuner.objective` does), one
+whose trainable caught an error is FAIL with ``fail_reason``, one stopped by the scheduler
+before it finished is PRUNED. The study's total stays exact: the searcher starts a trial only
+while finished plus running trials are below ``n_trials`` (under the study's lock), and says
+FINISHED once the finished ones reach it; failed trials do not count, so they are replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tuner import study as st
+from tuner.backends import SearchJob
+from tuner.errors import StudyError
+
+# Read by Ray at import or start-up: no usage reporting (CI has no network anyway), results
+# without the metric (a failed trial's summary) are fine, and no TensorBoard/CSV loggers.
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+for _key, _value in RAY_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+import ray  # noqa: E402 - after RAY_ENV, which Ray reads at import
+from ray import tune  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+# Keys of the results the trainable reports (besides the epoch's metrics).
+EPOCH_KEY = "tuner_epoch"  # 1-based: the schedulers' time attribute
+SUMMARY_KEY = "tuner_summary"  # JSON: state, values, attrs, reason; absent from epoch results
+TRIAL_KEY = "tuner_trial"  # the Optuna trial number, added to each sampled config
+METRICS_KEY = "tuner_metrics"  # JSON: an epoch's metrics
+
+
+# -- the trial, in a Ray worker --------------------------------------------------------------
+
+
+class RayReporter:
+    """The trainer's reporter inside a Ray trial: one ``ray.tune.report`` per epoch.
+
+    Pruning is Ray's scheduler's business: it stops the trial from the driver, so ``report``
+    never raises :class:`trainer.base.Pruned` here.
+    """
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+
+    def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        from tuner.objective import checked_metric
+
+        value = checked_metric(self.metric, epoch, metrics)
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        # the objective metric by name for the scheduler; all metrics as one JSON string,
+        # since Ray adds its own keys to a result (time_total_s, ...)
+        tune.report({self.metric: value, EPOCH_KEY: epoch + 1, METRICS_KEY: json.dumps(scalars)})
+
+
+def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
+    """One trial in a Ray worker: train through the adapter, then report a summary.
+
+    Errors are caught and reported (the driver records the reason and marks the trial FAIL);
+    they are not raised, so Ray neither retries the trial nor prints its traceback.
+    """
+    import yaml
+
+    from trainer.base import TrialError, register_adapter
+    from tuner.objective import failure_reason, trial_values
+
+    params = dict(params)
+    number = params.pop(TRIAL_KEY)
+    for name, target in setup["adapters"].items():
+        register_adapter(name, target)
+    config = setup["config"]
+    hyp = {**setup["base_hyp"], **params}
+    trial_dir = Path(setup["out_dir"]) / "trials" / f"{number:04d}"
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
+    summary: dict[str, Any]
+    result = None
+    started = time.perf_counter()
+    try:
+        # actors are reused (reuse_actors=True), so the adapter's per-process caches (decoded
+        # data, pretrained weights) serve every trial this worker runs
+        adapter = config.make_adapter(Path(setup["cache_dir"]))
+        adapter.prepare()
+        reporter = RayReporter(config.objective.primary.metric)
+        result = adapter.run(hyp, reporter, trial_dir)
+        summary = {"state": "COMPLETE", "values": trial_values(config, result)}
+    except TrialError as exc:
+        result = exc.result
+        summary = {"state": "FAIL", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any trainer error is this trial's failure
+        summary = {"state": "FAIL", "reason": failure_reason(exc)}
+    attrs: dict[str, Any] = {
+        "wall_seconds": round(time.perf_counter() - started, 4),
+        "worker_pid": os.getpid(),
+    }
+    if result is not None:
+        attrs.update(result.attrs())
+        attrs["history"] = result.history
+    summary["attrs"] = attrs
+    # no epoch key: the schedulers ignore this result; JSON: Ray flattens nested results
+    tune.report({SUMMARY_KEY: json.dumps(summary, default=str)})
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+
+def make_scheduler(config: Any, max_epochs: int | None) -> Any:
+    """Ray's counterpart of the space's pruner (FIFO for multi-objective studies).
+
+    median -> MedianStoppingRule; successive_halving and hyperband -> ASHA (asynchronous,
+    like Optuna's pruners; hyperband gets several brackets); none -> FIFO. Time is counted in
+    epochs.
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    pruner = config.search.pruner
+    args = dict(pruner.args)
+    if config.objective.is_multi or pruner.name == "none":
+        return FIFOScheduler()
+    target = config.objective.primary
+    common = {
+        "time_attr": EPOCH_KEY,
+        "metric": target.metric,
+        "mode": "max" if target.direction == "maximize" else "min",
+    }
+    if pruner.name == "median":
+        return MedianStoppingRule(
+            **common,
+            # Optuna's warm-up steps are epochs never pruned; Ray's grace is the first epoch
+            # (1-based) at which it may stop a trial
+            grace_period=int(args.get("n_warmup_steps", 0)) + 1,
+            min_samples_required=int(args.get("n_startup_trials", 5)),
+        )
+    max_t = int(args.get("max_resource") or 0) if args.get("max_resource") != "auto" else 0
+    # one past the last epoch: ASHA stops every trial reaching max_t, which would cut off the
+    # summary of a trial that trained all its epochs and record it as pruned
+    max_t = max_t or (max_epochs + 1 if max_epochs else 100)
+    min_t = args.get("min_resource", 1)
+    grace = int(min_t) if isinstance(min_t, int | float) else 1
+    factor = float(args.get("reduction_factor", 3 if pruner.name == "hyperband" else 4))
+    n_brackets = 1
+    if pruner.name == "hyperband":
+        n_brackets = max(1, int(math.log(max(max_t / grace, 1)) / math.log(factor)) + 1)
+    return ASHAScheduler(
+        **common, max_t=max_t, grace_period=grace, reduction_factor=factor, brackets=n_brackets
+    )
+
+
+class StudySearch(OptunaSearch):
+    """``OptunaSearch`` on the tuner's study, deciding trial states the tuner's way."""
+
+    def __init__(self, job: SearchJob, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.job = job
+        self.n_total = job.config.search.n_trials
+        self.max_failures = job.config.search.max_failures
+        self.failures_in_a_row = 0
+        self.stopped_for_failures = False
+        self.history: dict[str, list[dict[str, float]]] = {}
+        self.beats = st.Heartbeat(job.study)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles the searcher with its experiment state, for a restore through Ray; the
+        # study (storage, lock) is not picklable, and a resume goes through the study instead
+        return {}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the study in the storage is the state."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: re-run ``tuner search`` to resume from the study."""
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.stopped_for_failures:
+            return Searcher.FINISHED
+        with st.locked(self.job.lock):
+            st.fail_stale_trials(self.job.study)
+            by_state = st.counts(self.job.study)
+            n_done = by_state["COMPLETE"] + by_state["PRUNED"]
+            if n_done >= self.n_total:
+                return Searcher.FINISHED
+            if n_done + by_state["RUNNING"] >= self.n_total:
+                return None  # the rest runs; a failure among them is replaced later
+            params = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            # claimed by this driver: a re-run fails it at once if the driver died
+            st.claim(self.job.study, ot_trial._trial_id)
+        self.beats.add(ot_trial._trial_id)
+        hyp = {**self.job.base_hyp, **params}
+        trial_dir = self.job.out_dir.resolve() / "trials" / f"{ot_trial.number:04d}"
+        ot_trial.set_user_attr("hyp", hyp)
+        ot_trial.set_user_attr("hyp_path", str(trial_dir / "hyp.yaml"))
+        self.history[trial_id] = []
+        return {**params, TRIAL_KEY: ot_trial.number}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or EPOCH_KEY not in result:
+            return
+        epoch = int(result[EPOCH_KEY]) - 1
+        if epoch < len(self.history[trial_id]):
+            return  # seen already (on_trial_complete passes the last result again)
+        metrics = json.loads(result[METRICS_KEY])
+        self.history[trial_id].append(metrics)
+        ot_trial = self._ot_trials[trial_id]
+        if not self.job.config.objective.is_multi:
+            # the per-epoch curve, as the optuna backend's trial.report stores it
+            ot_trial.report(float(result[self.job.config.objective.primary.metric]), epoch)
+        if self.job.on_epoch is not None:
+            self.job.on_epoch(ot_trial.number, epoch, metrics)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result and EPOCH_KEY in result:
+            # a result the scheduler answered with STOP reaches only on_trial_complete
+            self.on_trial_result(trial_id, result)
+        self._completed_trials.add(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        self.beats.discard(ot_trial._trial_id)
+        state, values = self._outcome(ot_trial, trial_id, result or {}, error)
+        from optuna.trial import TrialState
+
+        self._ot_study.tell(ot_trial, values, state=TrialState[state])
+        if state == "FAIL":
+            self.failures_in_a_row += 1
+            self.stopped_for_failures = self.failures_in_a_row >= self.max_failures
+        else:
+            self.failures_in_a_row = 0
+        frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+        for callback in self.job.on_trial:
+            callback(self.job.study, frozen)
+
+    def _outcome(
+        self, ot_trial: Any, trial_id: str, result: Mapping[str, Any], error: bool
+    ) -> tuple[str, list[float] | None]:
+        history = self.history.pop(trial_id, [])
+        raw = result.get(SUMMARY_KEY)
+        summary = json.loads(raw) if isinstance(raw, str) else None
+        if summary is None:
+            # no summary: stopped by the scheduler (pruned), or the worker died
+            attrs = {
+                "epochs_run": len(history),
+                "train_seconds": round(float(result.get("time_total_s", 0.0)), 4),
+                "history": history,
+            }
+            state = "FAIL" if error or not history else "PRUNED"
+            if state == "FAIL":
+                attrs["fail_reason"] = (
+                    "Ray trial errored (worker died?); see its error.txt under ray/"
+                    if error
+                    else "Ray trial ended before its first epoch"
+                )
+        else:
+            attrs = summary["attrs"]
+            state = summary["state"]
+            if state == "FAIL":
+                attrs["fail_reason"] = summary["reason"]
+        for key, value in attrs.items():
+            ot_trial.set_user_attr(key, value)
+        if state != "COMPLETE":
+            return state, None
+        values = summary["values"]
+        return state, values if self.job.config.objective.is_multi else values[0]
+
+    def fail_unfinished(self, reason: str) -> int:
+        """Record the trials Ray never finished (an interrupted run) as FAIL.
+
+        Returns:
+            How many there were.
+        """
+        from optuna.trial import TrialState
+
+        n_failed = 0
+        for trial_id, ot_trial in self._ot_trials.items():
+            if trial_id in self._completed_trials:
+                continue
+            self._completed_trials.add(trial_id)
+            self.beats.discard(ot_trial._trial_id)
+            try:
+                ot_trial.set_user_attr("fail_reason", reason)
+                self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - already finished elsewhere
+                continue
+            n_failed += 1
+        return n_failed
+
+
+def _space_function(config: Any):
+    from tuner.objective import suggest
+
+    def space(trial: Any) -> None:
+        # define-by-run, like the optuna backend's objective: same names and distributions
+        for spec in config.space.values():
+            suggest(trial, spec)
+
+    return space
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start a local instance, unless Ray is already up.
+
+    Returns:
+        True when this call started (and so must shut down) Ray.
+    """
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=False,  # the tuner prints one line per trial; workers' logs stay in Ray
+        configure_logging=True,
+    )
+    return True
+
+
+def run(job: SearchJob) -> None:
+    """Run the study's missing trials on Ray Tune.
+
+    Raises:
+        StudyError: ``max_failures`` trials failed in a row.
+        KeyboardInterrupt: Interrupted (running trials recorded as failed).
+    """
+    from tuner.backends.local import _adapter_targets
+
+    # the driver beats for its trials itself (st.Heartbeat), which Optuna cannot know
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+    config = job.config
+    targets = config.objective.targets
+    metric: str | list[str] = [t.metric for t in targets]
+    mode: str | list[str] = ["max" if t.direction == "maximize" else "min" for t in targets]
+    if not config.objective.is_multi:
+        metric, mode = metric[0], mode[0]
+    started_here = _init_ray(job.options.ray_address)
+    searcher = StudySearch(
+        job,
+        space=_space_function(config),
+        metric=metric,
+        mode=mode,
+        sampler=st.make_sampler(config),
+        study_name=job.study.study_name,
+        storage=job.study._storage,
+    )
+    max_epochs = job.adapter.settings_dict().get("epochs")
+    setup = {
+        "config": config,
+        "adapters": _adapter_targets(job),
+        "base_hyp": job.base_hyp,
+        "out_dir": str(job.out_dir.resolve()),
+        "cache_dir": str((st.STUDIES_DIR / ".cache").resolve()),
+    }
+    fn = tune.with_parameters(trainable, setup=setup)
+    if job.options.resources:
+        fn = tune.with_resources(fn, dict(job.options.resources))
+    tuner = tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(config, max_epochs if isinstance(max_epochs, int) else None),
+            num_samples=-1,  # the searcher says FINISHED when the study's total is reached
+            max_concurrent_trials=job.options.concurrency,
+            time_budget_s=config.search.timeout,
+            # one actor (process) runs trial after trial: data is decoded once per worker
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="ray",
+            storage_path=str(job.out_dir.resolve()),
+            verbose=0,
+            log_to_file=True,
+            failure_config=tune.FailureConfig(max_failures=0),  # a failed trial is replaced
+        ),
+    )
+    job.say(
+        f"Ray Tune: {ray.cluster_resources().get('CPU', 0):g} CPUs, results under "
+        f"{job.out_dir / 'ray'}"
+    )
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        # Ray handles Ctrl-C itself (it stops its trials and fit returns): trials left
+        # unfinished mean an interrupted run
+        interrupted = searcher.fail_unfinished("interrupted (Ctrl-C)") > 0 or interrupted
+        searcher.beats.stop()
+        if started_here:
+            ray.shutdown()
+    if interrupted:
+        raise KeyboardInterrupt
+    if searcher.stopped_for_failures:
+        raise st.Budget(config.search.n_trials, config.search.max_failures).failure_error()
+    n_done = st.n_finished(job.study)
+    if n_done < config.search.n_trials and config.search.timeout is None:
+        raise StudyError(
+            f"the study has {n_done} of {config.search.n_trials} trials after the Ray run "
+            "ended. Run the same command again to resume"
+        )
