@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 
 from trainer.base import Adapter, ConfigError, Reporter, TrialResult
-from trainer.torchvision import data, loop, weights
+from trainer.torchvision import data, features, loop, weights
 from trainer.torchvision.blocks import (
     FREEZE_SEMANTICS,
     BlockModel,
@@ -108,7 +108,10 @@ class TorchvisionAdapter(Adapter):
             seed=s.seed,
             bn_frozen=s.bn_frozen,
             max_batches_per_epoch=s.max_batches_per_epoch,
+            feature_cache=s.feature_cache == "auto",
+            frozen_augment=s.frozen_augment,
         )
+        features.store().max_bytes = s.feature_cache_mb * 2**20
         trial_dir = Path(trial_dir)
         trial_dir.mkdir(parents=True, exist_ok=True)
         result = loop.train(model, train_set, val_set, full, config, reporter, trial_dir)

@@ -53,6 +53,11 @@ class Augmenter:
         # torch has no seeded Beta sampler; numpy's keeps mixup reproducible too
         self.np_rng = np.random.default_rng(seed)
 
+    @property
+    def identity(self) -> bool:
+        """True when every augmentation key is 0: batches pass through unchanged."""
+        return not any(self.p.values())
+
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

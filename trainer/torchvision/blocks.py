@@ -81,6 +81,13 @@ class BlockModel(nn.Module):
             x = block(x)
         return x
 
+    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Run blocks ``start..head`` on ``x``, the output of block ``start - 1`` (cached
+        frozen features)."""
+        for block in self._blocks[start:]:
+            x = block(x)
+        return x
+
     def train(self, mode: bool = True) -> BlockModel:
         """Set train/eval mode; BatchNorm of frozen blocks stays in eval when ``freeze_bn``."""
         super().train(mode)

@@ -4,6 +4,11 @@
 so every trial sees the same data order and augmentation draws and differences between trials
 come from their hyps. After each epoch it reports ``val/acc`` (top-1 fraction), ``val/loss``,
 ``train/loss`` and ``lr`` (the head's) and appends a row to ``results.csv``.
+
+With ``feature_cache`` on, epochs with frozen blocks run the trainable blocks on the frozen
+prefix's cached outputs (:mod:`.features`) wherever that is exact: validation always, training
+when no augmentation is applied in that epoch (all augmentation hyps 0, or
+``frozen_augment=False``, which trains the frozen phase on plain images).
 """
 
 from __future__ import annotations
@@ -25,6 +30,14 @@ from trainer.base import Pruned, Reporter, TrialError, TrialResult
 from trainer.torchvision.augment import Augmenter
 from trainer.torchvision.blocks import BlockModel
 from trainer.torchvision.data import TensorSet
+from trainer.torchvision.features import (
+    Features,
+    FeatureStore,
+    prefix_digest,
+    prefix_outputs,
+    stochastic_layers,
+    store,
+)
 from trainer.torchvision.freeze import count_params, freeze, frozen_for_epoch
 from trainer.torchvision.optim import Schedule, build_optimizer, head_lr
 
@@ -46,6 +59,10 @@ class LoopConfig:
         seed: Seeds data order, augmentation and torch at the start of the run.
         bn_frozen: ``"eval"`` or ``"train"`` for BatchNorm in frozen blocks.
         max_batches_per_epoch: Optional cap on iterations per epoch (tests).
+        feature_cache: Train and evaluate on cached frozen-prefix outputs where exact.
+        frozen_augment: Augment training images in epochs with frozen blocks; False trains
+            the frozen phase on plain images (which makes its features cacheable).
+        features: The cache; None uses the process-wide store.
     """
 
     epochs: int
@@ -54,6 +71,9 @@ class LoopConfig:
     seed: int = 0
     bn_frozen: str = "eval"
     max_batches_per_epoch: int | None = None
+    feature_cache: bool = False
+    frozen_augment: bool = True
+    features: FeatureStore | None = None
 
 
 def train(
@@ -100,6 +120,7 @@ def train(
     order = torch.Generator().manual_seed(config.seed)
     label_smoothing = float(hyp["label_smoothing"])
     csv_path = trial_dir / "results.csv" if trial_dir is not None else None
+    cache = _Cache(model, train_set, val_set, config)
 
     with _peak_memory(device) as peak:
         start = time.perf_counter()
@@ -109,22 +130,26 @@ def train(
                 if n_frozen != model.n_frozen:
                     freeze(model, n_frozen, config.bn_frozen)
                 epoch_start = time.perf_counter()
+                augmenting = n_frozen == 0 or config.frozen_augment
                 train_loss = _train_epoch(
                     model,
                     train_set,
                     optimizer,
                     schedule,
-                    augment,
+                    augment if augmenting else None,
                     order,
                     epoch,
                     batches,
                     config,
                     label_smoothing,
                     result,
+                    cache.train(n_frozen, augmenting and not augment.identity),
                 )
                 metrics = {"train/loss": train_loss, "lr": head_lr(optimizer)}
                 if val_set is not None:
-                    acc, loss = evaluate(model, val_set, device, config.batch)
+                    acc, loss = evaluate(
+                        model, val_set, device, config.batch, cache.val(n_frozen)
+                    )
                     metrics = {"val/acc": acc, "val/loss": loss, **metrics}
                 result.train_seconds = time.perf_counter() - start
                 result.add_epoch(metrics)
@@ -147,22 +172,91 @@ def train(
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     result.peak_memory_mb = peak()
+    result.extra["feature_cache"] = cache.summary()
     return result
 
 
+class _Cache:
+    """Which epochs of one run use cached frozen features, and the features themselves."""
+
+    def __init__(
+        self,
+        model: BlockModel,
+        train_set: TensorSet,
+        val_set: TensorSet | None,
+        config: LoopConfig,
+    ) -> None:
+        self.model = model
+        self.train_set = train_set
+        self.val_set = val_set
+        self.config = config
+        self.store = config.features or store()
+        self.digests: dict[int, str] = {}
+        self.used: set[str] = set()
+
+    def _usable(self, n_frozen: int) -> bool:
+        # frozen BatchNorm in train mode moves its statistics every batch: nothing is fixed
+        return self.config.feature_cache and n_frozen > 0 and self.model.freeze_bn
+
+    def _get(self, n_frozen: int, data: TensorSet) -> Features:
+        if n_frozen not in self.digests:
+            # the prefix does not change while it stays frozen: hash it once per run
+            self.digests[n_frozen] = prefix_digest(self.model, n_frozen)
+        device, batch = self.config.device, self.config.batch * 2
+        return self.store.get(
+            self.model,
+            n_frozen,
+            data.images,
+            device,
+            lambda: prefix_outputs(
+                self.model, data.images, n_frozen, batch, lambda x: to_input(x, device)
+            ),
+            digest=self.digests[n_frozen],
+        )
+
+    def train(self, n_frozen: int, augmented: bool) -> Features | None:
+        """Cached training features for this epoch, or None to run the full model."""
+        if augmented or not self._usable(n_frozen) or stochastic_layers(self.model, n_frozen):
+            return None
+        self.used.add("train")
+        return self._get(n_frozen, self.train_set)
+
+    def val(self, n_frozen: int) -> Features | None:
+        """Cached validation features (eval mode: always exact while the prefix is frozen)."""
+        if self.val_set is None or not self._usable(n_frozen):
+            return None
+        self.used.add("val")
+        return self._get(n_frozen, self.val_set)
+
+    def summary(self) -> str:
+        """``train+val``, ``val``, ``train`` or ``none``: what this run took from the cache."""
+        return "+".join(part for part in ("train", "val") if part in self.used) or "none"
+
+
 def evaluate(
-    model: BlockModel, data: TensorSet, device: torch.device, batch: int
+    model: BlockModel,
+    data: TensorSet,
+    device: torch.device,
+    batch: int,
+    features: Features | None = None,
 ) -> tuple[float, float]:
-    """Top-1 accuracy (fraction) and mean cross-entropy on ``data``, without augmentation."""
+    """Top-1 accuracy (fraction) and mean cross-entropy on ``data``, without augmentation.
+
+    Args:
+        features: Cached outputs of the model's frozen blocks for ``data``; the rest of the
+            model runs on them.
+    """
     was_training = model.training
     model.eval()
     n_correct, loss_sum = 0, 0.0
     with torch.no_grad():
         # no gradients here, so twice the training batch fits comfortably
         for index in torch.arange(len(data)).split(batch * 2):
-            images = to_input(data.images[index], device)
             labels = data.labels[index].to(device)
-            logits = model(images)
+            if features is not None:
+                logits = model.forward_from(features.take(index, device), model.n_frozen)
+            else:
+                logits = model(to_input(data.images[index], device))
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             n_correct += int((logits.argmax(1) == labels).sum())
     model.train(was_training)
@@ -197,15 +291,22 @@ def _train_epoch(
     data: TensorSet,
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
-    augment: Augmenter,
+    augment: Augmenter | None,
     order: torch.Generator,
     epoch: int,
     n_batches: int,
     config: LoopConfig,
     label_smoothing: float,
     result: TrialResult,
+    features: Features | None = None,
 ) -> float:
-    """One epoch; returns the mean training loss."""
+    """One epoch; returns the mean training loss.
+
+    Args:
+        augment: None trains on plain images.
+        features: Cached outputs of the frozen blocks for ``data`` (no augmentation): only
+            the trainable blocks run.
+    """
     model.train()
     device = config.device
     perm = torch.randperm(len(data), generator=order)
@@ -214,9 +315,14 @@ def _train_epoch(
     loss_sum = 0.0
     for batch, index in enumerate(chunks):
         schedule.step(epoch, batch)
-        images = data.images[index].to(device, non_blocking=True).float().div_(255)
-        images, targets = augment(images, data.labels[index].to(device))
-        logits = model(normalize(images))
+        targets = data.labels[index].to(device)
+        if features is not None:
+            logits = model.forward_from(features.take(index, device), model.n_frozen)
+        else:
+            images = data.images[index].to(device, non_blocking=True).float().div_(255)
+            if augment is not None:
+                images, targets = augment(images, targets)
+            logits = model(normalize(images))
         loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
         value = loss.item()
         if not math.isfinite(value):

@@ -48,6 +48,8 @@ DEFAULT_HYP: dict[str, Any] = {
 
 # weights values that are not a torchvision weights name or a checkpoint path
 SPECIAL_WEIGHTS = ("pretrain", "none")
+# auto: cache frozen-prefix outputs wherever that is exact (trainer.torchvision.features)
+CACHE_MODES = ("auto", "off")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 WEIGHTS_NAME = re.compile(r"([A-Za-z0-9]+_Weights\.)?[A-Z][A-Z0-9_]*")
 
@@ -91,6 +93,9 @@ class Settings:
     bn_frozen: str = "eval"
     seed: int = 0
     max_batches_per_epoch: int | None = None
+    feature_cache: str = "auto"
+    feature_cache_mb: int = 1024
+    frozen_augment: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-friendly mapping."""
@@ -117,6 +122,20 @@ def parse_settings(raw: Mapping[str, Any] | None) -> Settings:
         values["max_batches_per_epoch"] = _int(
             raw["max_batches_per_epoch"], "max_batches_per_epoch", minimum=1
         )
+    if "feature_cache" in raw:
+        mode = raw["feature_cache"]
+        if isinstance(mode, bool):
+            # YAML reads a bare `off` as false (and `on` as true)
+            mode = "auto" if mode else "off"
+        values["feature_cache"] = _choice(mode, "feature_cache", CACHE_MODES)
+    if "feature_cache_mb" in raw:
+        values["feature_cache_mb"] = _int(raw["feature_cache_mb"], "feature_cache_mb", minimum=0)
+    if "frozen_augment" in raw:
+        if not isinstance(raw["frozen_augment"], bool):
+            raise ConfigError(
+                "frozen_augment", f"must be true or false, got {raw['frozen_augment']!r}"
+            )
+        values["frozen_augment"] = raw["frozen_augment"]
     if "model" in raw:
         values["model"] = _choice(raw["model"], "model", tuple(MODELS))
     if "bn_frozen" in raw:

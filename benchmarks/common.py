@@ -1,0 +1,120 @@
+"""What every benchmark shares: the tasks, the machine line, the RESULTS.md sections.
+
+A *task* is the demo space (``spaces/demo.yaml``) with ``--set`` style overrides, so every
+benchmark runs the built-in trainer exactly as ``tuner search`` would. Two tasks:
+
+* ``demo``: the offline demo study as shipped (ResNet-18 pretrained on the synthetic source
+  task, 6 target classes, 300 training images, 32 px, 6 epochs per trial).
+* ``fewshot``: the same backbone on a harder target split (10 classes, 100 training images),
+  where how much to freeze matters more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_SPACE = ROOT / "spaces" / "demo.yaml"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+TASKS: dict[str, tuple[str, ...]] = {
+    "demo": (),
+    "fewshot": (
+        "trainer.synthetic.n_classes=10",
+        "trainer.synthetic.n_train=100",
+        "trainer.synthetic.n_val=300",
+    ),
+}
+
+
+def load_task(name: str, overrides: Iterable[str] = ()):
+    """The task's validated :class:`tuner.space.StudyConfig` (demo space plus overrides).
+
+    Args:
+        name: A key of :data:`TASKS`.
+        overrides: More ``dotted.key=value`` strings, applied after the task's own.
+    """
+    from tuner.space import load_space
+
+    if name not in TASKS:
+        raise SystemExit(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    return load_space(DEMO_SPACE, [*TASKS[name], *overrides], cache_dir=cache_dir())
+
+
+def cache_dir() -> Path:
+    """Where the pretrained source checkpoint is cached (the same as ``tuner search``'s)."""
+    return ROOT / "studies" / ".cache"
+
+
+def prepared_adapter(config):
+    """The task's adapter with its data decoded and its weights pretrained (once per process)."""
+    adapter = config.make_adapter(cache_dir())
+    adapter.prepare()
+    return adapter
+
+
+def machine() -> str:
+    """One line: CPU model and cores, or the GPU, plus the torch version."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        match = re.search(r"model name\s*:\s*(.+)", text)
+        cpu = match.group(1).strip() if match else cpu
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} cores", f"torch {torch.__version__}"]
+    if torch.cuda.is_available():
+        parts.insert(1, torch.cuda.get_device_name(0))
+    parts.append(f"Python {platform.python_version()}")
+    return "; ".join(parts)
+
+
+def command_line() -> str:
+    """How this benchmark was started (``python -m benchmarks.X ...``)."""
+    module = sys.modules["__main__"].__spec__
+    name = module.name if module is not None else sys.argv[0]
+    return " ".join(["python -m", name, *sys.argv[1:]])
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, title: str, body: str, results: Path = RESULTS) -> None:
+    """Replace (or append) the section ``name`` of RESULTS.md, stamped with command, machine
+    and date, leaving the other benchmarks' sections as they are."""
+    stamp = (
+        f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
+        f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    section = f"<!-- {name} -->\n## {title}\n\n{stamp}\n\n{body.strip()}\n<!-- /{name} -->\n"
+    text = results.read_text() if results.exists() else "# Benchmark results\n\n"
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->\n", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    tmp = results.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, results)
+
+
+class Recorder:
+    """A reporter that never prunes and keeps every epoch's metrics (trainer's Reporter)."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def report(self, epoch: int, metrics) -> None:
+        self.history.append(dict(metrics))

@@ -1,0 +1,140 @@
+"""Frozen-feature caching: exact, shared across trials, used only where exact, memory-bounded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.adapter_contract import RecordingReporter
+from trainer.base import ConfigError
+from trainer.torchvision import features
+from trainer.torchvision.augment import AUGMENT_KEYS
+from trainer.torchvision.blocks import build_model
+from trainer.torchvision.features import FeatureStore, prefix_digest, stochastic_layers
+from trainer.torchvision.settings import DEFAULT_HYP
+
+NO_AUG = {**DEFAULT_HYP, **dict.fromkeys(AUGMENT_KEYS, 0.0), "warmup_epochs": 0.5}
+
+
+@pytest.fixture(autouse=True)
+def fresh_store():
+    features.store().clear()
+    yield
+    features.store().clear()
+
+
+def run(adapter, tmp_path, name, **hyp):
+    reporter = RecordingReporter()
+    result = adapter.run({**NO_AUG, **hyp}, reporter, tmp_path / name)
+    return result
+
+
+def curves(result):
+    return [v for h in result.history for v in (h["val/acc"], h["val/loss"], h["train/loss"])]
+
+
+@pytest.mark.parametrize(
+    "hyp",
+    [{"freeze": 5}, {"freeze": 2}, {"freeze": 3, "unfreeze_epoch": 2}],
+    ids=["all-but-head", "middle", "staged-unfreeze"],
+)
+def test_cached_training_gives_the_same_curves_as_running_the_prefix(
+    make_adapter, tmp_path, hyp
+):
+    plain = run(make_adapter(feature_cache="off", epochs=3), tmp_path, "off", **hyp)
+    cached = run(make_adapter(epochs=3), tmp_path, "auto", **hyp)
+    assert plain.extra["feature_cache"] == "none"
+    assert cached.extra["feature_cache"] == "train+val"
+    # exact up to float rounding (the prefix runs on other batch shapes when cached)
+    assert curves(cached) == pytest.approx(curves(plain), rel=1e-4, abs=1e-5)
+
+
+def test_features_are_computed_once_and_shared_by_trials(make_adapter, tmp_path):
+    adapter = make_adapter()
+    store = features.store()
+    run(adapter, tmp_path, "a", freeze=4, lr0=0.01)
+    assert store.n_computed == 2  # train and val, once each for a whole run
+    run(adapter, tmp_path, "b", freeze=4, lr0=0.05)  # same weights and freeze: all hits
+    assert store.n_computed == 2 and store.n_hits >= 2
+    run(adapter, tmp_path, "c", freeze=2)  # another prefix: another pair of entries
+    assert store.n_computed == 4
+
+
+def test_cache_only_where_exact(make_adapter, tmp_path):
+    # augmentation on: the training images differ every epoch, validation ones do not
+    assert run(make_adapter(), tmp_path, "aug", freeze=4, fliplr=0.5).extra[
+        "feature_cache"
+    ] == "val"
+    # ...unless the frozen phase trains on plain images
+    result = run(make_adapter(frozen_augment=False), tmp_path, "plain", freeze=4, fliplr=0.5)
+    assert result.extra["feature_cache"] == "train+val"
+    # frozen BatchNorm that keeps updating its statistics is not a fixed function
+    result = run(make_adapter(bn_frozen="train"), tmp_path, "bn", freeze=4)
+    assert result.extra["feature_cache"] == "none"
+    assert run(make_adapter(), tmp_path, "none", freeze=0).extra["feature_cache"] == "none"
+    assert run(make_adapter(feature_cache="off"), tmp_path, "off", freeze=4).extra[
+        "feature_cache"
+    ] == "none"
+
+
+def test_frozen_augment_false_skips_augmentation_only_while_frozen(make_adapter, tmp_path):
+    hyp = {"freeze": 3, "unfreeze_epoch": 1, "fliplr": 0.5, "hsv_v": 0.4}
+    off = run(make_adapter(frozen_augment=False, feature_cache="off"), tmp_path, "x", **hyp)
+    augmented = run(make_adapter(feature_cache="off"), tmp_path, "y", **hyp)
+    assert curves(off)[0] != curves(augmented)[0]  # epoch 0 frozen: plain vs augmented
+
+
+def test_stochastic_prefix_layers_are_found():
+    net = build_model("efficientnet_b0", 2, device="meta")
+    assert stochastic_layers(net, 3)  # MBConv blocks carry stochastic depth
+    assert not stochastic_layers(build_model("resnet18", 2, device="meta"), 5)
+
+
+def test_digest_changes_with_any_weight_or_statistic():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 2)
+    before = prefix_digest(model, 2)
+    assert prefix_digest(model, 2) == before
+    assert prefix_digest(model, 3) != before
+    with torch.no_grad():
+        model.blocks[1][0].bn1.running_mean[0] += 1e-6
+    assert prefix_digest(model, 2) != before
+    # trainable blocks are not part of the key
+    stem = prefix_digest(model, 1)
+    with torch.no_grad():
+        model.blocks[-1][-1].weight.add_(1.0)
+    assert prefix_digest(model, 1) == stem
+
+
+def test_store_spills_to_disk_beyond_its_memory_bound():
+    store = FeatureStore(max_bytes=5000)
+    model = build_model("resnet18", 2)
+    sets = [torch.zeros(8, 3, 8, 8, dtype=torch.uint8) + i for i in range(3)]
+    values = [torch.randn(8, 40, 2, 2) for _ in sets]  # 5120 bytes each: over the bound
+    device = torch.device("cpu")
+    got = [
+        store.get(model, 1, images, device, lambda v=v: v, digest="d")
+        for images, v in zip(sets, values)
+    ]
+    assert store.memory_bytes() <= 5000
+    on_disk = [f for f in got if f.memory is None]
+    assert len(on_disk) >= 2 and all(f.path.exists() for f in on_disk)
+    index = torch.tensor([5, 0, 7])
+    for feats, value in zip(got, values):
+        assert torch.equal(feats.take(index, device), value[index])
+        assert len(feats) == 8
+    folder = on_disk[0].path.parent
+    store.clear()
+    assert not folder.exists()
+
+
+def test_cache_settings_are_validated(make_adapter):
+    with pytest.raises(ConfigError, match="feature_cache"):
+        make_adapter(feature_cache="always")
+    with pytest.raises(ConfigError, match="frozen_augment"):
+        make_adapter(frozen_augment="no")
+    with pytest.raises(ConfigError, match="feature_cache_mb"):
+        make_adapter(feature_cache_mb=-1)
+    assert make_adapter().settings_dict()["feature_cache"] == "auto"
+    # a bare `off` in YAML arrives as False
+    assert make_adapter(feature_cache=False).settings_dict()["feature_cache"] == "off"
