@@ -128,6 +128,18 @@ ROWS = [
         "--resources-per-trial: expected NAME=AMOUNT",
     ),
     (
+        "unreachable Ray cluster",
+        space_text(),
+        ["--backend", "ray", "--ray-address", "127.0.0.1:1"],
+        "--ray-address: cannot reach a Ray cluster at 127.0.0.1:1: Connection refused",
+    ),
+    (
+        "malformed Ray address",
+        space_text(),
+        ["--backend", "ray", "--ray-address", "headnode"],
+        "--ray-address: expected auto, HOST:PORT or ray://HOST:PORT, got 'headnode'",
+    ),
+    (
         "Ray flag without the ray backend",
         space_text(),
         ["--ray-address", "auto"],

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 from tuner.errors import InputError, TunerError
 
 EXIT_INTERRUPTED = 130
+# how long --ray-address may take to accept a TCP connection before it counts as unreachable
+RAY_PROBE_SECONDS = 5.0
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -146,6 +148,33 @@ def _parse_resources(text: str | None) -> dict[str, float]:
     return resources
 
 
+def _check_ray_address(address: str) -> None:
+    """Fail fast on a cluster address that cannot work.
+
+    ``ray.init`` retries an unreachable address for minutes, printing a warning every few
+    seconds; a TCP probe of ``HOST:PORT`` (or ``ray://HOST:PORT``) answers in seconds, before
+    any study is created. ``auto`` and ``local`` are left to Ray.
+    """
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host_port = address.removeprefix("ray://")
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in host_port:
+        raise InputError(
+            "--ray-address", None, f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_PROBE_SECONDS):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise InputError(
+            "--ray-address", None, f"cannot reach a Ray cluster at {address}: {reason}"
+        ) from None
+
+
 def _search_options(args: argparse.Namespace) -> Any:
     from tuner.backends import SearchOptions, get_backend
 
@@ -167,6 +196,8 @@ def _search_options(args: argparse.Namespace) -> Any:
         # silently ignoring a cluster address would run the study on this machine instead
         if value is not None and args.backend != "ray":
             raise InputError(flag, None, f"needs --backend ray (got --backend {args.backend})")
+    if args.ray_address is not None:
+        _check_ray_address(args.ray_address)
     return SearchOptions(
         workers=args.workers,
         ray_address=args.ray_address,

@@ -29,7 +29,7 @@ from typing import Any
 
 from tuner import study as st
 from tuner.backends import SearchJob
-from tuner.errors import StudyError
+from tuner.errors import InputError, StudyError
 
 # Read by Ray at import or start-up: no usage reporting (CI has no network anyway), results
 # without the metric (a failed trial's summary) are fine, and no TensorBoard/CSV loggers.
@@ -331,13 +331,20 @@ def _init_ray(address: str | None) -> bool:
     """
     if ray.is_initialized():
         return False
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        logging_level=logging.ERROR,
-        log_to_driver=False,  # the tuner prints one line per trial; workers' logs stay in Ray
-        configure_logging=True,
-    )
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            log_to_driver=False,  # the tuner prints one line per trial; workers' logs stay in Ray
+            configure_logging=True,
+        )
+    except (ConnectionError, ValueError) as exc:
+        if address is None:
+            raise
+        # an address that names no reachable cluster is bad input, not a crash
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError("--ray-address", None, f"cannot join {address!r}: {message}") from None
     return True
 
 
