@@ -33,6 +33,30 @@ TASKS: dict[str, tuple[str, ...]] = {
 }
 
 
+# --quick: tiny trainer settings for smoke runs (tests), applied to every task
+QUICK = (
+    "trainer.weights=none",
+    "trainer.imgsz=16",
+    "trainer.epochs=2",
+    "space.unfreeze_epoch.high=2",
+    "trainer.synthetic.n_train=48",
+    "trainer.synthetic.n_val=48",
+)
+_extra: list[str] = []
+
+
+def set_quick(quick: bool) -> None:
+    """Use (or stop using) the :data:`QUICK` settings for every task of this process."""
+    _extra[:] = list(QUICK) if quick else []
+
+
+def task_overrides(name: str) -> list[str]:
+    """The ``--set`` overrides that make the demo space into task ``name``."""
+    if name not in TASKS:
+        raise SystemExit(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    return [*TASKS[name], *_extra]
+
+
 def load_task(name: str, overrides: Iterable[str] = ()):
     """The task's validated :class:`tuner.space.StudyConfig` (demo space plus overrides).
 
@@ -42,9 +66,7 @@ def load_task(name: str, overrides: Iterable[str] = ()):
     """
     from tuner.space import load_space
 
-    if name not in TASKS:
-        raise SystemExit(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
-    return load_space(DEMO_SPACE, [*TASKS[name], *overrides], cache_dir=cache_dir())
+    return load_space(DEMO_SPACE, [*task_overrides(name), *overrides], cache_dir=cache_dir())
 
 
 def cache_dir() -> Path:
@@ -84,6 +106,13 @@ def command_line() -> str:
     return " ".join(["python -m", name, *sys.argv[1:]])
 
 
+def add_common_flags(parser) -> None:
+    """``--quick``: tiny settings for a smoke run, RESULTS.md left alone."""
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny settings for a smoke run; RESULTS.md untouched"
+    )
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -93,7 +122,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 def write_section(name: str, title: str, body: str, results: Path = RESULTS) -> None:
     """Replace (or append) the section ``name`` of RESULTS.md, stamped with command, machine
-    and date, leaving the other benchmarks' sections as they are."""
+    and date, leaving the other benchmarks' sections as they are. Quick runs write nothing."""
+    if _extra:
+        return
     stamp = (
         f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
         f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"

@@ -29,9 +29,12 @@ from typing import Any
 from benchmarks.common import (
     DEMO_SPACE,
     Recorder,
+    add_common_flags,
     load_task,
     prepared_adapter,
+    set_quick,
     table,
+    task_overrides,
     write_section,
 )
 
@@ -111,7 +114,8 @@ def measure_study(n_trials: int, overrides: list[str]) -> dict[str, dict[str, An
     for mode in ("off", "auto"):
         features.store().clear()
         url = f"sqlite:///{work / mode}.db"
-        flags = [f"--set=trainer.feature_cache={mode}", *[f"--set={o}" for o in overrides]]
+        sets = [*task_overrides("demo"), f"trainer.feature_cache={mode}", *overrides]
+        flags = [f"--set={s}" for s in sets]
         flags.append(f"--set=search.n_trials={n_trials}")
         started = time.perf_counter()
         # the progress lines go to stderr; the hyp YAML on stdout is not wanted here
@@ -145,20 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-trials", type=int, default=20)
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny settings for a smoke run; RESULTS.md untouched"
-    )
+    add_common_flags(parser)
     args = parser.parse_args(argv)
+    set_quick(args.quick)
     overrides = ["trainer.frozen_augment=false"]
     if args.quick:
-        overrides += [
-            "trainer.weights=none",
-            "trainer.epochs=2",
-            "space.unfreeze_epoch.high=2",
-            "trainer.imgsz=16",
-            "trainer.synthetic.n_train=64",
-            "trainer.synthetic.n_val=64",
-        ]
         args.repeats, args.n_trials = 1, 3
     print("epoch time, all but the head frozen:", flush=True)
     epochs = measure_epochs(args.repeats, overrides)
@@ -193,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "including the one-time feature pass).",
         ]
     )
-    if not args.quick:
-        write_section("feature_cache", "3. Frozen-feature caching", body)
+    write_section("feature_cache", "3. Frozen-feature caching", body)
     print(body.split("\n\n")[1])
     print(
         f"ratios: epoch (steady) {steady:.1f}x, epoch (first trial) {first:.1f}x, "

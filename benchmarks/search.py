@@ -1,0 +1,519 @@
+"""Search efficiency: ``tuner`` against random search, the YOLO genetic search and a freeze grid.
+
+Same trainer, task and compute budget for every method (issue section 1). For each task and
+seed, each method trains trials until it has spent ``--budget-epochs`` training epochs:
+
+* ``tuner``: the tool's own path (space file -> study on SQLite -> :class:`Objective`), the
+  space's TPE sampler with the seed, Hyperband pruning over epochs, freeze in the space,
+  the baseline enqueued first;
+* ``random``: Optuna's random sampler, no pruning, same space and same path;
+* ``genetic``: :mod:`benchmarks.genetic` (YOLOv5 ``--evolve`` / Ultralytics ``Tuner`` rules)
+  over the same keys minus the freeze-strategy keys (``freeze``, ``unfreeze_epoch``,
+  ``lr_decay`` stay at their base values), every trial to the end;
+* ``freeze-grid``: freeze in {0, middle, all but head} with the base hyps.
+
+The trainer's seed is the task's, so a configuration always scores the same and only the
+search's seed varies; the freeze grid is therefore run once per task and shared by the seeds.
+A method's best is the best ``val/acc`` (best epoch, as the objective's ``reduce: best``) among
+its COMPLETE trials, i.e. what ``tuner export`` could hand out. Compute is counted in epochs
+trained and in the trainer's own seconds (``train_seconds``), pruned trials included.
+
+Time-to-target: per task and seed, target = 0.99 x the best value any method found; a
+method's compute-to-target is what it had spent when its best first reached the target.
+
+Run: ``python -m benchmarks.search [--tasks demo,fewshot] [--seeds 5] [--budget-epochs 60]``.
+Writes ``benchmarks/search.svg`` and the ``search`` section of RESULTS.md; prints the ratios
+last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from benchmarks.common import (
+    ROOT,
+    Recorder,
+    add_common_flags,
+    load_task,
+    prepared_adapter,
+    set_quick,
+    table,
+    write_section,
+)
+from benchmarks.genetic import Gene, GeneticSearch
+
+METHODS = ("tuner", "random", "genetic", "freeze-grid")
+FREEZE_KEYS = ("freeze", "unfreeze_epoch", "lr_decay")
+TARGET_FRACTION = 0.99
+COLORS = {"tuner": "#1f77b4", "random": "#ff7f0e", "genetic": "#2ca02c", "freeze-grid": "#777"}
+
+
+@dataclass
+class Run:
+    """One method's trials at one seed, in order.
+
+    Attributes:
+        epochs: Epochs each trial trained.
+        seconds: Trainer seconds of each trial.
+        values: The trial's metric, or None (pruned or failed: not a selectable result).
+    """
+
+    epochs: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    values: list[float | None] = field(default_factory=list)
+
+    def add(self, epochs: int, seconds: float, value: float | None) -> None:
+        self.epochs.append(int(epochs))
+        self.seconds.append(float(seconds))
+        self.values.append(value)
+
+    @property
+    def spent_epochs(self) -> int:
+        return sum(self.epochs)
+
+    def curve(self, unit: str = "epochs") -> list[tuple[float, float]]:
+        """``(compute spent, best so far)`` after each trial that has a best."""
+        costs = self.epochs if unit == "epochs" else self.seconds
+        out, spent, best = [], 0.0, -math.inf
+        for cost, value in zip(costs, self.values):
+            spent += cost
+            if value is not None and value > best:
+                best = value
+            if best > -math.inf:
+                out.append((spent, best))
+        return out
+
+    def best(self) -> float:
+        found = [v for v in self.values if v is not None]
+        return max(found) if found else -math.inf
+
+
+def compute_to_target(curve: Sequence[tuple[float, float]], target: float) -> float:
+    """Compute spent when the best first reached ``target``; inf when it never did."""
+    for spent, best in curve:
+        if best >= target:
+            return spent
+    return math.inf
+
+
+def best_at(curve: Sequence[tuple[float, float]], spent: float) -> float | None:
+    """The best value after ``spent`` compute (None before the first result)."""
+    value = None
+    for at, best in curve:
+        if at > spent:
+            break
+        value = best
+    return value
+
+
+def median(values: Iterable[float]) -> float:
+    """Median that treats inf as larger than everything (a 'not reached' seed)."""
+    return statistics.median(list(values))
+
+
+def ratio_text(value: float, reference: float) -> str:
+    """``value / reference`` as text: ``>`` lower bounds where one side never reached."""
+    if math.isinf(value) and math.isinf(reference):
+        return "n/a"
+    if math.isinf(value):
+        return "never"
+    if math.isinf(reference):
+        return "tuner never"
+    return f"{value / reference:.2f}x"
+
+
+def verdict_text(method: Summary, tuner: Summary, budget: float, wanted: float = 4.0) -> str:
+    """How much more compute ``method`` needs than ``tuner`` to reach the target, and whether
+    that shows the wanted factor. A method that never reached the target within the budget
+    only shows a lower bound, budget / tuner's compute, which proves the factor only if it is
+    itself at least ``wanted``."""
+    if math.isinf(tuner.epochs_to_target):
+        return "n/a: tuner did not reach the target in most seeds"
+    if math.isinf(method.epochs_to_target):
+        bound = budget / tuner.epochs_to_target
+        shown = "met" if bound >= wanted else "not shown: the budget is too small to tell"
+        return (
+            f"did not reach the target within {budget:.0f} epochs in most seeds: it needs more "
+            f"than {bound:.1f}x tuner's {tuner.epochs_to_target:.0f} epochs "
+            f"(>= {wanted:g}x wanted: {shown})"
+        )
+    ratio = method.epochs_to_target / tuner.epochs_to_target
+    return (
+        f"needs {ratio:.2f}x the epochs and "
+        f"{ratio_text(method.seconds_to_target, tuner.seconds_to_target)} the seconds tuner "
+        f"needs to reach the target (>= {wanted:g}x wanted: "
+        f"{'met' if ratio >= wanted else 'NOT met'})"
+    )
+
+
+# -- the methods -----------------------------------------------------------------------------
+
+
+def _value(history: list[dict[str, float]], metric: str) -> float:
+    return max(h[metric] for h in history)
+
+
+def _fresh_features() -> None:
+    """Empty the frozen-feature cache, so each method and seed pays for its own feature
+    passes (otherwise a method's seconds would profit from the features of the one before)."""
+    from trainer.torchvision import features
+
+    features.store().clear()
+
+
+def run_optuna(task: str, seed: int, budget: int, method: str, work: Path) -> Run:
+    """``tuner`` or ``random``: a real study through the tool's Objective on SQLite."""
+    import optuna
+
+    _fresh_features()
+
+    from tuner import study as st
+    from tuner.objective import Objective
+
+    adapter = prepared_adapter(load_task(task))
+    epochs = adapter.settings_dict()["epochs"]
+    if method == "tuner":
+        # Hyperband's largest budget is the trial length (its 'auto' needs finished trials)
+        overrides = [
+            f"search.pruner={{name: hyperband, args: {{min_resource: 1, max_resource: {epochs}, "
+            "reduction_factor: 3}}",
+        ]
+    else:
+        overrides = [
+            "search.sampler={name: random}",
+            "search.pruner={name: none}",
+            "search.baseline=false",
+        ]
+    config = load_task(task, [*overrides, f"search.seed={seed}", f"study={method}-{seed}"])
+    storage = st.open_storage(f"sqlite:///{work / f'{method}-{seed}.db'}")
+    study = st.create_or_load(config, storage, {}, "benchmarks.search")
+    base_hyp = config.base_hyp(adapter)
+    st.enqueue_baseline(study, config, base_hyp)
+    objective = Objective(config, adapter, base_hyp, work / f"{method}-{seed}")
+    run = Run()
+
+    def account(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        attrs = trial.user_attrs
+        value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
+        run.add(attrs.get("epochs_run", 0), attrs.get("train_seconds", 0.0), value)
+        print(
+            f"    {method:>7} seed {seed} trial {trial.number:>2} {trial.state.name:<8} "
+            f"{attrs.get('epochs_run', 0)} ep  best {run.best():.4f}  "
+            f"spent {run.spent_epochs}/{budget} ep",
+            flush=True,
+        )
+        if run.spent_epochs >= budget:
+            study.stop()
+
+    study.optimize(objective, callbacks=[account], catch=(Exception,))
+    return run
+
+
+def run_genetic(task: str, seed: int, budget: int, work: Path) -> Run:
+    """The YOLO genetic search over the non-freeze keys, every trial to the end."""
+    _fresh_features()
+    config = load_task(task)
+    adapter = prepared_adapter(config)
+    base = config.base_hyp(adapter)
+    genes = {
+        key: Gene(
+            low=float(spec.low),
+            high=float(spec.high),
+            step=spec.step,
+            is_int=spec.type == "int",
+        )
+        for key, spec in config.space.items()
+        if key not in FREEZE_KEYS and spec.type != "categorical"
+    }
+    search = GeneticSearch(genes, {k: base[k] for k in genes}, seed)
+    metric = config.objective.primary.metric
+    run = Run()
+    n = 0
+    while run.spent_epochs < budget:
+        hyp = {**base, **search.ask()}
+        try:
+            result = adapter.run(hyp, Recorder(), work / f"genetic-{seed}" / f"{n:04d}")
+            value: float | None = _value(result.history, metric)
+            fitness = value
+        except Exception as exc:  # noqa: BLE001 - a failed child is the worst, as in YOLO's GA
+            result = getattr(exc, "result", None)
+            value, fitness = None, 0.0
+        search.tell({k: hyp[k] for k in genes}, fitness)
+        run.add(
+            result.epochs_run if result else 0, result.train_seconds if result else 0.0, value
+        )
+        state = "COMPLETE" if value is not None else "FAIL"
+        print(
+            f"    genetic seed {seed} trial {n:>2} {state:<8} best {run.best():.4f}  "
+            f"spent {run.spent_epochs}/{budget} ep",
+            flush=True,
+        )
+        n += 1
+    return run
+
+
+def run_freeze_grid(task: str, work: Path) -> Run:
+    """freeze in {0, middle, all but head} with the base hyps."""
+    _fresh_features()
+    config = load_task(task)
+    adapter = prepared_adapter(config)
+    base = config.base_hyp(adapter)
+    head = adapter.n_blocks() - 1
+    metric = config.objective.primary.metric
+    run = Run()
+    for freeze in (0, head // 2, head):
+        result = adapter.run({**base, "freeze": freeze}, Recorder(), work / f"grid-{freeze}")
+        run.add(result.epochs_run, result.train_seconds, _value(result.history, metric))
+        print(f"    freeze-grid freeze {freeze}: {run.values[-1]:.4f}", flush=True)
+    return run
+
+
+# -- summary and plot ------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    """One method on one task, over the seeds."""
+
+    method: str
+    best: float
+    epochs_to_target: float
+    seconds_to_target: float
+    n_reached: int
+    n_seeds: int
+
+
+def summarize(runs: Mapping[str, Sequence[Run]]) -> list[Summary]:
+    """Per method: median best, median compute to the per-seed target, seeds reaching it.
+
+    Args:
+        runs: Method -> one run per seed (same seed order for every method).
+    """
+    n_seeds = len(next(iter(runs.values())))
+    targets = [
+        TARGET_FRACTION * max(method_runs[i].best() for method_runs in runs.values())
+        for i in range(n_seeds)
+    ]
+    out = []
+    for method, method_runs in runs.items():
+        epochs = [compute_to_target(r.curve("epochs"), t) for r, t in zip(method_runs, targets)]
+        seconds = [compute_to_target(r.curve("seconds"), t) for r, t in zip(method_runs, targets)]
+        out.append(
+            Summary(
+                method=method,
+                best=median(r.best() for r in method_runs),
+                epochs_to_target=median(epochs),
+                seconds_to_target=median(seconds),
+                n_reached=sum(not math.isinf(e) for e in epochs),
+                n_seeds=n_seeds,
+            )
+        )
+    return out
+
+
+def median_curve(runs: Sequence[Run], grid: Sequence[float], unit: str) -> list[float | None]:
+    """Median over seeds of the best so far at each point of ``grid``."""
+    out: list[float | None] = []
+    for spent in grid:
+        values = [best_at(r.curve(unit), spent) for r in runs]
+        known = [v for v in values if v is not None]
+        out.append(statistics.median(known) if len(known) * 2 > len(values) else None)
+    return out
+
+
+def svg_plot(
+    panels: Sequence[tuple[str, str, Mapping[str, Sequence[tuple[float, float]]]]],
+    width: int = 420,
+    height: int = 300,
+) -> str:
+    """Small-multiple step plots as one self-contained SVG (no plotting library needed).
+
+    Args:
+        panels: ``(title, x label, {series name: [(x, y), ...]})`` per panel.
+    """
+    pad_l, pad_r, pad_t, pad_b = 52, 12, 28, 40
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * len(panels)}" '
+        f'height="{height + 24}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width * len(panels)}" height="{height + 24}" fill="white"/>',
+    ]
+    for index, (title, xlabel, series) in enumerate(panels):
+        ox = index * width
+        points = [p for s in series.values() for p in s]
+        if not points:
+            continue
+        x_max = max(p[0] for p in points) or 1.0
+        y_lo, y_hi = min(p[1] for p in points), max(p[1] for p in points)
+        if y_hi - y_lo < 1e-9:
+            y_lo, y_hi = y_lo - 0.01, y_hi + 0.01
+        plot_w, plot_h = width - pad_l - pad_r, height - pad_t - pad_b
+
+        def sx(x: float, ox: int = ox, x_max: float = x_max, plot_w: int = plot_w) -> float:
+            return ox + pad_l + plot_w * x / x_max
+
+        def sy(y: float, y_lo: float = y_lo, y_hi: float = y_hi, plot_h: int = plot_h) -> float:
+            return pad_t + plot_h * (1 - (y - y_lo) / (y_hi - y_lo))
+
+        parts.append(
+            f'<text x="{ox + width / 2}" y="16" text-anchor="middle" font-weight="bold">'
+            f"{escape(title)}</text>"
+        )
+        parts.append(
+            f'<rect x="{ox + pad_l}" y="{pad_t}" width="{plot_w}" height="{plot_h}" '
+            'fill="none" stroke="#ccc"/>'
+        )
+        for k in range(5):
+            y = y_lo + (y_hi - y_lo) * k / 4
+            x = x_max * k / 4
+            parts.append(
+                f'<text x="{ox + pad_l - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.3f}</text>'
+            )
+            parts.append(
+                f'<text x="{sx(x):.1f}" y="{pad_t + plot_h + 14}" text-anchor="middle">'
+                f"{x:.0f}</text>"
+            )
+        parts.append(
+            f'<text x="{ox + pad_l + plot_w / 2}" y="{pad_t + plot_h + 30}" '
+            f'text-anchor="middle">{escape(xlabel)}</text>'
+        )
+        for n, (name, pts) in enumerate(series.items()):
+            if not pts:
+                continue
+            steps = []
+            for i, (x, y) in enumerate(pts):
+                if i:
+                    steps.append(f"{sx(x):.1f},{sy(pts[i - 1][1]):.1f}")
+                steps.append(f"{sx(x):.1f},{sy(y):.1f}")
+            color = COLORS.get(name, "#000")
+            parts.append(
+                f'<polyline data-series="{escape(name)}" fill="none" stroke="{color}" '
+                f'stroke-width="2" points="{" ".join(steps)}"/>'
+            )
+            parts.append(
+                f'<text x="{ox + pad_l + 8}" y="{pad_t + plot_h - 8 - 14 * n}" fill="{color}">'
+                f"{escape(name)}</text>"
+            )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _series(runs: Sequence[Run], unit: str, n_points: int = 60) -> list[tuple[float, float]]:
+    x_max = max((r.curve(unit)[-1][0] for r in runs if r.curve(unit)), default=0.0)
+    grid = [x_max * k / n_points for k in range(n_points + 1)]
+    return [(x, y) for x, y in zip(grid, median_curve(runs, grid, unit)) if y is not None]
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default="demo,fewshot")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budget-epochs", type=int, default=60)
+    parser.add_argument("--svg", help="plot path (default: benchmarks/<section>.svg)")
+    add_common_flags(parser)
+    args = parser.parse_args(argv)
+    set_quick(args.quick)
+    if args.quick:
+        args.tasks, args.seeds, args.budget_epochs = "demo", 2, 4
+        args.svg = str(Path(tempfile.mkdtemp(prefix="bench-search-")) / "search.svg")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    # the default run owns the `search` section; other task sets and budgets get their own,
+    # so a longer follow-up run does not replace the main figures
+    section = "search"
+    if tasks != ["demo", "fewshot"] or args.budget_epochs != 60 or args.seeds != 5:
+        section = f"search-{'-'.join(tasks)}-{args.budget_epochs}ep-{args.seeds}seeds"
+    args.svg = args.svg or str(ROOT / "benchmarks" / f"{section}.svg")
+    from tuner import study as st
+
+    st.quiet_optuna()
+    work = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    started = time.perf_counter()
+    all_runs: dict[str, dict[str, list[Run]]] = {}
+    for task in tasks:
+        print(f"task {task}:", flush=True)
+        grid = run_freeze_grid(task, work / task)
+        runs: dict[str, list[Run]] = {m: [] for m in METHODS}
+        for seed in range(args.seeds):
+            # methods interleaved per seed, so machine noise hits them alike
+            runs["tuner"].append(run_optuna(task, seed, args.budget_epochs, "tuner", work / task))
+            runs["random"].append(
+                run_optuna(task, seed, args.budget_epochs, "random", work / task)
+            )
+            runs["genetic"].append(run_genetic(task, seed, args.budget_epochs, work / task))
+            runs["freeze-grid"].append(grid)
+        all_runs[task] = runs
+
+    sections, ratio_lines, panels = [], [], []
+    for task, runs in all_runs.items():
+        summaries = summarize(runs)
+        ref = next(s for s in summaries if s.method == "tuner")
+        rows = [
+            (
+                s.method,
+                f"{s.best:.4f}",
+                _fmt(s.epochs_to_target, "ep"),
+                _fmt(s.seconds_to_target, "s"),
+                f"{s.n_reached}/{s.n_seeds}",
+                ratio_text(s.epochs_to_target, ref.epochs_to_target),
+                ratio_text(s.seconds_to_target, ref.seconds_to_target),
+            )
+            for s in summaries
+        ]
+        header = (
+            "method", "best (median)", "epochs to target", "seconds to target",
+            "seeds reaching", "epochs vs tuner", "seconds vs tuner",
+        )
+        sections.append(f"**{task}**\n\n{table(header, rows)}")
+        for s in summaries:
+            if s.method in ("genetic", "random"):
+                verdict = verdict_text(s, ref, args.budget_epochs)
+                ratio_lines.append(f"{task}: {s.method} {verdict}")
+        for unit, label in (("epochs", "epochs trained"), ("seconds", "trainer seconds")):
+            panels.append(
+                (
+                    f"{task}: best val/acc (median of {args.seeds} seeds)",
+                    label,
+                    {m: _series(r, unit) for m, r in runs.items()},
+                )
+            )
+    Path(args.svg).write_text(svg_plot(panels))
+    body = "\n\n".join(
+        [
+            f"Budget per method and seed: {args.budget_epochs} training epochs (the last trial "
+            f"may overshoot); {args.seeds} search seeds; trainer seed fixed (so the freeze grid "
+            "is one run per task, shared by the seeds). Best = best val/acc of the method's "
+            "complete trials (median over seeds). Target per seed = "
+            f"{TARGET_FRACTION} x the best any method found at that seed; compute to target = "
+            "median over seeds (inf = not reached in most seeds).",
+            *sections,
+            f"![best so far vs compute]({Path(args.svg).name})",
+            "\n".join(f"- {line}" for line in ratio_lines),
+            f"Total benchmark time: {(time.perf_counter() - started) / 60:.1f} min.",
+        ]
+    )
+    title = "1. Search efficiency" + ("" if section == "search" else f" ({section})")
+    write_section(section, title, body)
+    for section in sections:
+        print(section)
+    print("ratios:")
+    for line in ratio_lines:
+        print(" ", line)
+    return 0
+
+
+def _fmt(value: float, unit: str) -> str:
+    return "not reached" if math.isinf(value) else f"{value:.0f} {unit}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

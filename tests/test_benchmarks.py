@@ -1,0 +1,186 @@
+"""The benchmarks' own logic (no training): the YOLO genetic search rules, time-to-target,
+the SVG plot, the cost-model bound, overhead arithmetic and the RESULTS.md sections."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+
+from benchmarks import common
+from benchmarks.freeze_speed import bound_speedup
+from benchmarks.full_length import mean_std, paired_gain
+from benchmarks.genetic import (
+    Gene,
+    GeneticSearch,
+    constrain,
+    mutate,
+    round_decimals,
+    select_parent,
+)
+from benchmarks.overhead import overhead_of
+from benchmarks.search import Run, best_at, compute_to_target, summarize, svg_plot
+
+GENES = {
+    "lr0": Gene(1e-4, 0.1),
+    "momentum": Gene(0.6, 0.98),
+    "fliplr": Gene(0.0, 0.5, step=0.1),
+    "epochs": Gene(1, 10, is_int=True),
+}
+BASE = {"lr0": 0.01, "momentum": 0.937, "fliplr": 0.5, "epochs": 3}
+
+
+def test_genetic_first_trial_is_the_base_then_children_stay_in_bounds():
+    search = GeneticSearch(GENES, BASE, seed=0)
+    assert search.ask() == constrain(GENES, BASE)
+    search.tell(BASE, 0.5)
+    for _ in range(200):
+        child = search.ask()
+        assert child != constrain(GENES, BASE)  # always some key mutated
+        for key, gene in GENES.items():
+            assert gene.low <= child[key] <= gene.high
+        assert isinstance(child["epochs"], int)
+        assert round(child["fliplr"] * 10) == pytest.approx(child["fliplr"] * 10)
+        search.tell(child, float(np.random.default_rng(len(search.population)).random()))
+
+
+def test_genetic_mutation_is_multiplicative_within_yolo_factors():
+    rng = np.random.default_rng(1)
+    parent = {"lr0": 0.5, "momentum": 0.8}
+    genes = {"lr0": Gene(1e-9, 1e9), "momentum": Gene(1e-9, 1e9)}
+    for _ in range(500):
+        child = mutate(genes, parent, rng)
+        for key in parent:
+            assert 0.3 - 1e-3 <= child[key] / parent[key] <= 3.0 + 1e-3  # 5-decimal rounding
+    # momentum moves with gain 0.3 (the tools' tables): its factors stay closer to 1
+    spread = {
+        key: np.std([mutate(genes, parent, rng)[key] / parent[key] for _ in range(2000)])
+        for key in parent
+    }
+    assert spread["momentum"] < 0.5 * spread["lr0"]
+    # a zero stays zero: the multiplicative rule cannot move it (YOLO's behaviour, kept)
+    assert mutate({"mixup": Gene(0.0, 1.0)}, {"mixup": 0.0}, rng)["mixup"] == 0.0
+
+
+def test_parents_are_the_top_five_weighted_by_fitness():
+    population = [({"x": i}, float(i)) for i in range(10)]
+    rng = np.random.default_rng(0)
+    picks = [select_parent(population, rng)["x"] for _ in range(2000)]
+    assert set(picks) <= {5, 6, 7, 8, 9}
+    # weights fitness - min + 1e-6: 0, 1, 2, 3, 4 -> the worst of the five almost never
+    assert picks.count(5) < 5 and picks.count(9) > picks.count(6)
+
+
+def test_children_are_rounded_to_five_decimals_like_the_tools():
+    assert round_decimals(0.0123456789) == 0.01235
+    assert constrain({"lr0": Gene(1e-6, 1.0)}, {"lr0": 0.000012345}) == {"lr0": 0.00001}
+
+
+def run_of(values, epochs=6, seconds=1.0):
+    run = Run()
+    for value in values:
+        run.add(epochs, seconds, value)
+    return run
+
+
+def test_time_to_target_and_best_at():
+    run = run_of([0.5, None, 0.7, 0.6, 0.9])
+    curve = run.curve("epochs")
+    assert curve == [(6, 0.5), (12, 0.5), (18, 0.7), (24, 0.7), (30, 0.9)]
+    assert compute_to_target(curve, 0.7) == 18
+    assert compute_to_target(curve, 0.95) == math.inf
+    assert best_at(curve, 5) is None and best_at(curve, 20) == 0.7
+    assert run.curve("seconds")[-1] == (5.0, 0.9)
+
+
+def test_summary_targets_are_per_seed_and_count_misses():
+    runs = {
+        "tuner": [run_of([0.8, 0.9]), run_of([0.95])],
+        "random": [run_of([0.5, 0.6, 0.7]), run_of([0.2, 0.3])],
+    }
+    by_method = {s.method: s for s in summarize(runs)}
+    assert by_method["tuner"].n_reached == 2  # 0.9 >= 0.99 * 0.9; 0.95 >= 0.99 * 0.95
+    assert by_method["tuner"].epochs_to_target == statistics.median([12, 6])
+    assert by_method["random"].n_reached == 0
+    assert by_method["random"].epochs_to_target == math.inf
+
+
+def test_svg_is_valid_with_one_line_per_series():
+    svg = svg_plot(
+        [("task: best", "epochs", {"tuner": [(0, 0.5), (10, 0.8)], "random": [(5, 0.6)]})]
+    )
+    root = ET.fromstring(svg)
+    lines = [e for e in root.iter() if e.tag.endswith("polyline")]
+    assert [e.get("data-series") for e in lines] == ["tuner", "random"]
+
+
+def test_cost_model_bound():
+    # full epoch 10 s; frozen prefix forward 2 s + trainable step 0.5 s + data 0.5 s -> 3.33x
+    assert bound_speedup(10.0, 0.5, 2.0, 0.5) == pytest.approx(10 / 3)
+
+
+def test_overhead_from_trial_times():
+    t0 = datetime(2026, 1, 1)
+    starts = [t0, t0 + timedelta(seconds=2.1)]
+    ends = [t0 + timedelta(seconds=2.0), t0 + timedelta(seconds=4.2)]
+    result = overhead_of(starts, ends, [1.95, 2.05])
+    assert result.per_trial == pytest.approx(0.1)
+    assert result.share == pytest.approx(0.05)
+
+
+def test_gain_statistics():
+    assert mean_std([1.0]) == (1.0, 0.0)
+    gain, spread, n_won = paired_gain([0.8, 0.7, 0.9], [0.75, 0.72, 0.8])
+    assert gain == pytest.approx((0.05 - 0.02 + 0.1) / 3) and n_won == 2 and spread > 0
+
+
+def test_sections_replace_themselves_and_keep_the_others(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    common.write_section("a", "A", "first", results)
+    common.write_section("b", "B", "other", results)
+    common.write_section("a", "A", "second", results)
+    text = results.read_text()
+    assert "second" in text and "first" not in text and "other" in text
+    assert text.count("<!-- a -->") == 1 and text.index("## A") < text.index("## B")
+    assert "Machine: " in text and "Date: " in text and "Command: `python -m" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["search", "freeze_speed", "feature_cache", "overhead", "full_length"]
+)
+def test_each_benchmark_runs_end_to_end_quick(name, workdir, capsys):
+    """Every benchmark's real code path on tiny settings; RESULTS.md and the plot untouched."""
+    import importlib
+
+    before = common.RESULTS.read_text() if common.RESULTS.exists() else None
+    svg = common.ROOT / "benchmarks" / "search.svg"
+    svg_before = svg.read_bytes() if svg.exists() else None
+    module = importlib.import_module(f"benchmarks.{name}")
+    try:
+        assert module.main(["--quick"]) == 0
+    finally:
+        common.set_quick(False)
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].strip()  # something printed last...
+    assert "ratios:" in out  # ...the ratios, after the progress
+    assert (common.RESULTS.read_text() if common.RESULTS.exists() else None) == before
+    assert (svg.read_bytes() if svg.exists() else None) == svg_before
+
+
+def test_verdict_only_claims_what_the_budget_shows():
+    from benchmarks.search import Summary, verdict_text
+
+    tuner = Summary("tuner", 0.9, 10, 5.0, 5, 5)
+    assert "wanted: met" in verdict_text(Summary("g", 0.8, 40, 20.0, 5, 5), tuner, 60)
+    assert "NOT met" in verdict_text(Summary("g", 0.8, 30, 20.0, 5, 5), tuner, 60)
+    never = Summary("r", 0.7, math.inf, math.inf, 0, 5)
+    # never reached in 60 epochs: more than 6x tuner's 10 -> shown; in 30 epochs: not shown
+    assert "more than 6.0x" in verdict_text(never, tuner, 60) and "met" in verdict_text(
+        never, tuner, 60
+    )
+    assert "not shown" in verdict_text(never, tuner, 30)
