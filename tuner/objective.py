@@ -163,11 +163,13 @@ class Objective:
         started = time.perf_counter()
         try:
             result = self.adapter.run(hyp, reporter, trial_dir)
+            # the trainer's time ends here; the collection below is the tuner's cost
+            seconds = time.perf_counter() - started
         except Pruned as exc:
-            self._record(trial, exc.result, started)
+            self._record(trial, exc.result, time.perf_counter() - started)
             raise optuna.TrialPruned(str(exc)) from None
         except TrialError as exc:
-            self._record(trial, exc.result, started)
+            self._record(trial, exc.result, time.perf_counter() - started)
             trial.set_user_attr("fail_reason", str(exc))
             raise
         except KeyboardInterrupt:
@@ -180,12 +182,13 @@ class Objective:
             # Free what a large trial left behind before the next one allocates.
             gc.collect()
             _empty_cuda_cache()
-        self._record(trial, result, started)
+        self._record(trial, result, seconds)
         values = trial_values(self.config, result)
         return values if objective.is_multi else values[0]
 
-    def _record(self, trial: optuna.Trial, result: TrialResult | None, started: float) -> None:
-        trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 4))
+    def _record(self, trial: optuna.Trial, result: TrialResult | None, seconds: float) -> None:
+        """Store the trial's measurements; ``seconds`` is the wall time of ``adapter.run``."""
+        trial.set_user_attr("wall_seconds", round(seconds, 4))
         if result is None:
             return
         for key, value in result.attrs().items():
