@@ -319,6 +319,18 @@ def summarize(runs: Mapping[str, Sequence[Run]]) -> list[Summary]:
     return out
 
 
+def matching_ratio(rival: Run, tuner: Run) -> float:
+    """Fixed-target reading: epochs ``rival`` spent to reach its own final best, divided by the
+    epochs ``tuner`` needed to match that value (0 when tuner never did: no speed-up shown;
+    inf when the rival found nothing)."""
+    final = rival.best()
+    rival_epochs = compute_to_target(rival.curve("epochs"), final)
+    tuner_epochs = compute_to_target(tuner.curve("epochs"), final)
+    if math.isinf(rival_epochs):
+        return math.inf
+    return 0.0 if math.isinf(tuner_epochs) else rival_epochs / tuner_epochs
+
+
 def median_curve(runs: Sequence[Run], grid: Sequence[float], unit: str) -> list[float | None]:
     """Median over seeds of the best so far at each point of ``grid``."""
     out: list[float | None] = []
@@ -478,6 +490,16 @@ def main(argv: list[str] | None = None) -> int:
             if s.method in ("genetic", "random"):
                 verdict = verdict_text(s, ref, args.budget_epochs)
                 ratio_lines.append(f"{task}: {s.method} {verdict}")
+                per_seed = [
+                    matching_ratio(rival, mine)
+                    for rival, mine in zip(runs[s.method], runs["tuner"])
+                ]
+                ratio_lines.append(
+                    f"{task}: {s.method}, fixed target (its own final best): it spent "
+                    f"{median(per_seed):.2f}x the epochs tuner needed to match it (median; "
+                    f"per seed {', '.join(f'{r:.2f}' for r in per_seed)}; 0 = tuner never "
+                    "matched it)"
+                )
         for unit, label in (("epochs", "epochs trained"), ("seconds", "trainer seconds")):
             panels.append(
                 (

@@ -184,3 +184,11 @@ def test_verdict_only_claims_what_the_budget_shows():
         never, tuner, 60
     )
     assert "not shown" in verdict_text(never, tuner, 30)
+
+
+def test_matching_ratio_reads_a_fixed_target():
+    from benchmarks.search import matching_ratio
+
+    rival = run_of([0.5, 0.6, 0.7])  # reaches its final 0.7 after 18 epochs
+    assert matching_ratio(rival, run_of([0.7])) == 3.0  # tuner matched it after 6
+    assert matching_ratio(rival, run_of([0.65, 0.66])) == 0.0  # never matched
