@@ -105,6 +105,7 @@ def test_dashboard_serves_the_study_over_http(study_url):
         code, err = stop(server)
     assert code == 0, err
     assert f"optuna-dashboard on http://127.0.0.1:{port}/" in err
+    assert "dashboard stopped" in err  # the first Ctrl-C stops it
 
     study = optuna.load_study(study_name="rep", storage=study_url)
     assert len(detail["trials"]) == len(study.trials) >= 4

@@ -7,6 +7,9 @@ the study searched and how to run it again. Trials already carry their facts as 
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import warnings
 from typing import Any
 
@@ -96,9 +99,23 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
 
     storage = open_storage(storage_url, heartbeat=False)
     annotate(storage)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        # wsgiref swallows a KeyboardInterrupt that lands inside a request, and bottle
+        # returns quietly from others, so Ctrl-C sometimes did not stop the server: stop at
+        # once instead (the server only reads; the note was written before serving)
+        signal.signal(sig, _stop_now)
     try:
         optuna_dashboard.run_server(storage, host=host, port=port)
     except OSError as exc:
         raise InputError(
             "--port", None, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_now(signum: int, frame: Any) -> None:
+    print("\ndashboard stopped", file=sys.stderr, flush=True)
+    os._exit(0)
