@@ -174,9 +174,10 @@ def make_scheduler(config: Any, max_epochs: int | None) -> Any:
 class StudySearch(OptunaSearch):
     """``OptunaSearch`` on the tuner's study, deciding trial states the tuner's way."""
 
-    def __init__(self, job: SearchJob, **kwargs: Any) -> None:
+    def __init__(self, job: SearchJob, max_epochs: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.job = job
+        self.max_epochs = max_epochs
         self.n_total = job.config.search.n_trials
         self.max_failures = job.config.search.max_failures
         self.failures_in_a_row = 0
@@ -263,6 +264,23 @@ class StudySearch(OptunaSearch):
         history = self.history.pop(trial_id, [])
         raw = result.get(SUMMARY_KEY)
         summary = json.loads(raw) if isinstance(raw, str) else None
+        if summary is None and not error and self._trained_to_the_end(history):
+            # the scheduler stopped it at a rung on its last epoch, before the summary: it
+            # trained every epoch, so it is complete, scored from its history
+            from tuner.objective import reduce_metric
+
+            objective = self.job.config.objective
+            value = reduce_metric(
+                history, objective.primary.metric, objective.primary.direction, objective.reduce
+            )
+            for key, item in {
+                "epochs_run": len(history),
+                "train_seconds": round(float(result.get("time_total_s", 0.0)), 4),
+                "history": history,
+                "stopped_at_last_epoch": True,  # so no summary: no parameter counts, memory
+            }.items():
+                ot_trial.set_user_attr(key, item)
+            return "COMPLETE", value
         if summary is None:
             # no summary: stopped by the scheduler (pruned), or the worker died
             attrs = {
@@ -288,6 +306,14 @@ class StudySearch(OptunaSearch):
             return state, None
         values = summary["values"]
         return state, values if self.job.config.objective.is_multi else values[0]
+
+    def _trained_to_the_end(self, history: list[dict[str, float]]) -> bool:
+        # multi-objective studies run under FIFO, which never stops a trial early
+        return (
+            self.max_epochs is not None
+            and len(history) >= self.max_epochs
+            and not self.job.config.objective.is_multi
+        )
 
     def fail_unfinished(self, reason: str) -> int:
         """Record the trials Ray never finished (an interrupted run) as FAIL.
@@ -367,8 +393,10 @@ def run(job: SearchJob) -> None:
     if not config.objective.is_multi:
         metric, mode = metric[0], mode[0]
     started_here = _init_ray(job.options.ray_address)
+    max_epochs = job.adapter.settings_dict().get("epochs")
     searcher = StudySearch(
         job,
+        max_epochs=max_epochs if isinstance(max_epochs, int) else None,
         space=_space_function(config),
         metric=metric,
         mode=mode,
@@ -376,7 +404,6 @@ def run(job: SearchJob) -> None:
         study_name=job.study.study_name,
         storage=job.study._storage,
     )
-    max_epochs = job.adapter.settings_dict().get("epochs")
     setup = {
         "config": config,
         "adapters": _adapter_targets(job),
