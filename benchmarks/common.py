@@ -11,7 +11,9 @@ benchmark runs the built-in trainer exactly as ``tuner search`` would. Two tasks
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import os
 import platform
 import re
@@ -79,6 +81,25 @@ def prepared_adapter(config):
     adapter = config.make_adapter(cache_dir())
     adapter.prepare()
     return adapter
+
+
+def run_search(sets: Sequence[str], url: str, out: Path) -> None:
+    """``tuner search`` in-process on the demo space with ``--set`` overrides ``sets``.
+
+    The progress lines go to stderr; the hyp YAML it prints on stdout is not wanted here.
+
+    Raises:
+        SystemExit: The search did not exit 0.
+    """
+    from tuner.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(
+            ["search", "--space", str(DEMO_SPACE), "--storage", url, "--out", str(out),
+             *(f"--set={s}" for s in sets)]
+        )
+    if code != 0:
+        raise SystemExit(f"tuner search exited {code}")
 
 
 def machine() -> str:

@@ -18,8 +18,6 @@ Run: ``python -m benchmarks.feature_cache [--repeats 3] [--n-trials 20] [--quick
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import tempfile
 import time
@@ -27,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    DEMO_SPACE,
     Recorder,
     add_common_flags,
     load_task,
     prepared_adapter,
+    run_search,
     set_quick,
     table,
     task_overrides,
@@ -107,26 +105,19 @@ def measure_study(n_trials: int, overrides: list[str]) -> dict[str, dict[str, An
     import optuna
 
     from trainer.torchvision import features
-    from tuner.cli import main
 
     out: dict[str, dict[str, Any]] = {}
     work = Path(tempfile.mkdtemp(prefix="bench-cache-study-"))
     for mode in ("off", "auto"):
         features.store().clear()
         url = f"sqlite:///{work / mode}.db"
-        sets = [*task_overrides("demo"), f"trainer.feature_cache={mode}", *overrides]
-        flags = [f"--set={s}" for s in sets]
-        flags.append(f"--set=search.n_trials={n_trials}")
+        sets = [
+            *task_overrides("demo"), f"trainer.feature_cache={mode}", *overrides,
+            f"search.n_trials={n_trials}", "search.confirm.top_k=0",  # trials only
+        ]
         started = time.perf_counter()
-        # the progress lines go to stderr; the hyp YAML on stdout is not wanted here
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = main(
-                ["search", "--space", str(DEMO_SPACE), "--storage", url,
-                 "--out", str(work / f"{mode}.yaml"), *flags]
-            )
+        run_search(sets, url, work / f"{mode}.yaml")
         wall = time.perf_counter() - started
-        if code != 0:
-            raise SystemExit(f"the {mode} study exited {code}")
         study = optuna.load_study(study_name="demo", storage=url)
         trials = [t for t in study.trials if t.datetime_complete is not None]
         # the study's own span: first trial start to last trial end (preparation excluded)

@@ -8,6 +8,7 @@ import pytest
 from trainer.base import register_adapter
 
 register_adapter("curve", "tests.fakes:CurveAdapter")
+register_adapter("curve-noseed", "tests.fakes:NoSeedCurveAdapter")
 
 ROOT = Path(__file__).resolve().parent.parent
 

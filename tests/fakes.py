@@ -6,6 +6,7 @@ sampler can find a better configuration than the baseline and a pruner sees real
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ class CurveSettings:
     crash_above_lr0: float | None = None  # lr0 above this raises RuntimeError (a bug)
     oom_above_lr0: float | None = None  # lr0 above this raises torch.cuda.OutOfMemoryError
     data: str | None = None
+    seed: int = 0
+    noise: float = 0.0  # a seed-dependent offset in [-noise, noise], fixed per (seed, hyp)
 
 
 class CurveAdapter(Adapter):
@@ -31,6 +34,7 @@ class CurveAdapter(Adapter):
     supported_keys = frozenset({"lr0", "momentum", "freeze", "lr_decay", "fliplr", "optimizer"})
     metrics = ("val/acc", "val/loss")
     default_metric = "val/acc"
+    seed_setting = "seed"
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         super().__init__(settings, cache_dir)
@@ -75,6 +79,16 @@ class CurveAdapter(Adapter):
         mom_term = 1.0 - abs(hyp["momentum"] - 0.9)
         return 0.9 * lr_term * freeze_term * mom_term
 
+    def seed_noise(self, hyp: Mapping[str, Any]) -> float:
+        """The run-to-run noise of a real trainer: same hyp and seed, same offset."""
+        if not self.settings.noise:
+            return 0.0
+        digest = hashlib.blake2b(
+            repr((self.settings.seed, sorted(hyp.items()))).encode(), digest_size=8
+        ).digest()
+        unit = int.from_bytes(digest, "big") / 2**64  # uniform in [0, 1)
+        return self.settings.noise * (2 * unit - 1)
+
     def run(self, hyp: Mapping[str, Any], reporter: Reporter, trial_dir: Path) -> TrialResult:
         result = TrialResult(
             n_params_trainable=100 - 10 * int(hyp["freeze"]),
@@ -88,7 +102,7 @@ class CurveAdapter(Adapter):
             import torch  # only here: the fake stays light for every other test
 
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        q = self.quality(hyp)
+        q = self.quality(hyp) + self.seed_noise(hyp)
         started = time.perf_counter()
         for epoch in range(s.epochs):
             if s.sleep:
@@ -108,3 +122,10 @@ class CurveAdapter(Adapter):
                 exc.result = result
                 raise
         return result
+
+
+class NoSeedCurveAdapter(CurveAdapter):
+    """The curve adapter without a seed setting (like a pipeline that cannot be reseeded)."""
+
+    name = "curve-noseed"
+    seed_setting = None

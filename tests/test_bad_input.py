@@ -140,6 +140,18 @@ ROWS = [
         "--ray-address: expected auto, HOST:PORT or ray://HOST:PORT, got 'headnode'",
     ),
     (
+        "negative confirm top_k",
+        space_text(**{"search.confirm": {"top_k": -1}}),
+        [],
+        "s.yaml: search.confirm.top_k: must be >= 0 (0: off), got -1",
+    ),
+    (
+        "confirm with an adapter that has no seed",
+        space_text(**{"trainer.adapter": "curve-noseed"}),
+        ["--confirm", "2"],
+        "s.yaml: search.confirm: adapter 'curve-noseed' has no seed setting to vary",
+    ),
+    (
         "Ray flag without the ray backend",
         space_text(),
         ["--ray-address", "auto"],

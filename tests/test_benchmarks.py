@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks import common
 from benchmarks.freeze_speed import bound_speedup
-from benchmarks.full_length import mean_std, paired_gain
+from benchmarks.full_length import holds, mean_std, paired_gain
 from benchmarks.genetic import (
     Gene,
     GeneticSearch,
@@ -136,6 +136,13 @@ def test_gain_statistics():
     assert mean_std([1.0]) == (1.0, 0.0)
     gain, spread, n_won = paired_gain([0.8, 0.7, 0.9], [0.75, 0.72, 0.8])
     assert gain == pytest.approx((0.05 - 0.02 + 0.1) / 3) and n_won == 2 and spread > 0
+
+
+def test_a_pick_holds_only_with_a_positive_gain_on_most_seeds():
+    assert holds(0.02, 2, 3) == "holds"
+    assert holds(0.02, 1, 3) == "does NOT hold"  # one big win, two losses
+    assert holds(-0.01, 2, 3) == "does NOT hold"
+    assert holds(0.01, 1, 2) == "does NOT hold"  # a tie in seeds is not a majority
 
 
 def test_sections_replace_themselves_and_keep_the_others(tmp_path):

@@ -11,14 +11,16 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tuner.confirm import best_confirmed, load_record
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # about 4 min alone on 2 cores; room for a busy machine
 def test_demo_study_prunes_and_beats_the_baseline(tmp_path):
     shutil.copytree(ROOT / "spaces", tmp_path / "spaces")
     done = subprocess.run(
         [sys.executable, "-m", "tuner", "search", "--space", "spaces/demo.yaml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, capture_output=True, text=True, timeout=1100,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trial 20/20" in done.stderr  # progress display
@@ -30,6 +32,13 @@ def test_demo_study_prunes_and_beats_the_baseline(tmp_path):
     assert n_pruned >= n_finished / 3, f"only {n_pruned} of {n_finished} trials pruned"
     baseline = next(t for t in study.trials if t.user_attrs.get("baseline"))
     assert study.best_value > baseline.value
-    best = yaml.safe_load((tmp_path / "studies" / "demo" / "best_hyp.yaml").read_text())
-    assert best == study.best_trial.user_attrs["hyp"]
+    # the export is the confirmed pick: the best mean over two fresh trainer seeds
+    assert "confirm 8/8:" in done.stderr
+    record = load_record(study)
+    assert record.complete and record.seeds == (1, 2) and record.baseline == baseline.number
+    picked = best_confirmed(record)
+    best_text = (tmp_path / "studies" / "demo" / "best_hyp.yaml").read_text()
+    assert f"# trial: {picked} (confirmed:" in best_text
+    best = yaml.safe_load(best_text)
+    assert best == study.trials[picked].user_attrs["hyp"]
     assert {"freeze", "lr_decay", "unfreeze_epoch", "lr0", "hsv_h", "mixup"} <= set(best)

@@ -132,6 +132,8 @@ class Adapter(ABC):
         metrics: Metric names reported every epoch (objective candidates).
         default_metric: Metric used when the space names none, with ``default_direction``.
         export_format: The native hyp file format for this adapter's pipeline.
+        seed_setting: The setting that seeds a run (data order, initialisation, augmentation
+            draws), or None when the adapter has none; ``tuner confirm`` varies it.
     """
 
     name: ClassVar[str]
@@ -140,6 +142,7 @@ class Adapter(ABC):
     default_metric: ClassVar[str]
     default_direction: ClassVar[str] = "maximize"
     export_format: ClassVar[str] = "generic"
+    seed_setting: ClassVar[str | None] = None
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         """Validate settings.

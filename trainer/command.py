@@ -24,12 +24,13 @@ Example ``trainer:`` section::
       env: {CUDA_VISIBLE_DEVICES: "0"}
 
 Placeholders: ``{hyp}`` (the hyp YAML), ``{freeze}``, ``{epochs}``, ``{trial_dir}``,
-``{device}``, ``{metrics_file}`` (absolute), ``{python}`` (this interpreter) and ``{KEY}`` for
-any hyp key (``{lr0}``); ``{{`` and ``}}`` are literal braces. A string command is split like a
-shell would (``shlex``) but not run through a shell; use a list such as
+``{device}``, ``{metrics_file}`` (absolute), ``{python}`` (this interpreter), ``{seed}`` (the
+``seed`` setting, 0 by default; ``tuner confirm`` re-runs trials with other seeds) and
+``{KEY}`` for any hyp key (``{lr0}``); ``{{`` and ``}}`` are literal braces. A string command
+is split like a shell would (``shlex``) but not run through a shell; use a list such as
 ``["bash", "-c", "..."]`` for shell features. The same values are in the environment as
-``TUNER_HYP``, ``TUNER_FREEZE``, ``TUNER_EPOCHS``, ``TUNER_TRIAL_DIR``, ``TUNER_DEVICE`` and
-``TUNER_METRICS_FILE``.
+``TUNER_HYP``, ``TUNER_FREEZE``, ``TUNER_EPOCHS``, ``TUNER_TRIAL_DIR``, ``TUNER_DEVICE``,
+``TUNER_METRICS_FILE`` and ``TUNER_SEED``.
 
 Rows whose columns carry YOLO names (``metrics/mAP50(B)``, ``metrics/mAP_0.5:0.95``...) are also
 reported under the simple names ``mAP50``, ``mAP50-95``, ``precision``, ``recall`` and
@@ -72,7 +73,9 @@ from trainer.yolo_common import (
 
 # Hyp keys a space may search by default: the common YOLO keys and the freeze strategy.
 COMMON_HYP: dict[str, Any] = {**YOLOV5_HYP, **FREEZE_DEFAULTS}
-_BUILTIN_FIELDS = ("hyp", "freeze", "epochs", "trial_dir", "device", "metrics_file", "python")
+_BUILTIN_FIELDS = (
+    "hyp", "freeze", "epochs", "trial_dir", "device", "metrics_file", "python", "seed"
+)
 _N_LOG_LINES = 20
 
 
@@ -84,6 +87,7 @@ class CommandSettings:
     metrics_file: str
     epochs: int = 10
     device: str = ""
+    seed: int = 0
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     metrics: tuple[str, ...] = ("fitness",)
@@ -124,6 +128,7 @@ class CommandAdapter(Adapter):
     default_metric = "fitness"
     default_direction = "maximize"
     export_format = "generic"
+    seed_setting = "seed"
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         super().__init__(settings, cache_dir)
@@ -160,6 +165,7 @@ class CommandAdapter(Adapter):
             metrics_file=metrics_file,
             epochs=reader.integer("epochs", 10, minimum=1),
             device=reader.string("device", "", allow_empty=True),
+            seed=reader.integer("seed", 0, minimum=0),
             cwd=cwd,
             env={key: str(value) for key, value in env.items()},
             metrics=tuple(metrics),
@@ -239,6 +245,7 @@ class CommandAdapter(Adapter):
             "device": self.settings.device,
             "metrics_file": str(trial_dir / self.settings.metrics_file),
             "python": sys.executable,
+            "seed": self.settings.seed,
         }
 
     def run(self, hyp: Mapping[str, Any], reporter: Reporter, trial_dir: Path) -> TrialResult:
@@ -258,7 +265,8 @@ class CommandAdapter(Adapter):
         env = {
             **os.environ,
             **{f"TUNER_{key.upper()}": str(values[key])
-               for key in ("hyp", "freeze", "epochs", "trial_dir", "device", "metrics_file")},
+               for key in ("hyp", "freeze", "epochs", "trial_dir", "device", "metrics_file",
+                           "seed")},
             **s.env,
         }
         log = trial_dir / "train.log"

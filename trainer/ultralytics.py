@@ -113,6 +113,7 @@ class UltralyticsAdapter(Adapter):
     default_metric = "fitness"
     default_direction = "maximize"
     export_format = "ultralytics"
+    seed_setting = "seed"
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         super().__init__(settings, cache_dir)

@@ -5,7 +5,7 @@ For every trial it writes the full hyp file (every key ``train.py`` reads, see
 ``cwd=yolov5_dir`` in a process group of its own::
 
     PYTHON train.py --hyp H --freeze N --epochs E --data D --weights W --img S --batch-size B
-        --device X --project TRIAL_DIR --name trial_NNNN --exist-ok
+        --device X --project TRIAL_DIR --name trial_NNNN --exist-ok --seed SEED
         [--cfg C] [--workers K] [--noplots] [extra_args...]
 
 stdout/stderr go to ``TRIAL_DIR/train.log``. ``TRIAL_DIR/trial_NNNN/results.csv`` (one padded
@@ -19,9 +19,9 @@ as ``Arial.ttf``, and ``YOLO_OFFLINE=true``.
 
 Settings (``trainer:`` section): ``yolov5_dir`` (required), ``data`` (a data YAML or
 ``synthetic``), ``weights`` (a local ``.pt`` or ``''`` with ``cfg``), ``cfg``, ``imgsz``,
-``batch``, ``epochs``, ``device``, ``workers``, ``python``, ``noplots``, ``extra_args``,
-``env``, ``grace``, ``synthetic``. Relative paths are taken from the current folder first,
-then from ``yolov5_dir``.
+``batch``, ``epochs``, ``device``, ``workers``, ``seed``, ``python``, ``noplots``,
+``extra_args``, ``env``, ``grace``, ``synthetic``. Relative paths are taken from the current
+folder first, then from ``yolov5_dir``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from trainer.yolo_common import (
 _MANAGED_FLAGS = (
     "--hyp", "--freeze", "--epochs", "--data", "--weights", "--img", "--imgsz", "--img-size",
     "--batch", "--batch-size", "--device", "--project", "--name", "--exist-ok", "--cfg",
-    "--workers", "--noplots", "--evolve", "--resume",
+    "--workers", "--noplots", "--evolve", "--resume", "--seed",
 )
 _N_LOG_LINES = 20
 
@@ -77,6 +77,7 @@ class YoloV5Settings:
     epochs: int = 30
     device: str = ""
     workers: int | None = None
+    seed: int = 0
     python: str = sys.executable
     noplots: bool = True
     extra_args: tuple[str, ...] = ()
@@ -95,6 +96,7 @@ class YoloV5Adapter(Adapter):
     default_metric = "fitness"
     default_direction = "maximize"
     export_format = "yolov5"
+    seed_setting = "seed"
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         super().__init__(settings, cache_dir)
@@ -125,6 +127,7 @@ class YoloV5Adapter(Adapter):
             epochs=reader.integer("epochs", 30, minimum=1),
             device=reader.string("device", "", allow_empty=True),
             workers=reader.integer("workers", None, minimum=0),
+            seed=reader.integer("seed", 0, minimum=0),
             python=reader.string("python", sys.executable),
             noplots=reader.boolean("noplots", True),
             extra_args=tuple(extra_args),
@@ -231,6 +234,7 @@ class YoloV5Adapter(Adapter):
             "--project", str(trial_dir),
             "--name", run_name(trial_dir),
             "--exist-ok",
+            "--seed", str(s.seed),
         ]
         if s.cfg:
             cmd += ["--cfg", s.cfg]

@@ -85,6 +85,9 @@ def _space_overrides(args: argparse.Namespace) -> list[str]:
         ("search.timeout", getattr(args, "timeout", None)),
         ("search.seed", getattr(args, "seed", None)),
         ("search.max_failures", getattr(args, "max_failures", None)),
+        ("search.confirm.top_k", getattr(args, "confirm", None)),
+        ("search.confirm.top_k", getattr(args, "top_k", None)),
+        ("search.confirm.n_seeds", getattr(args, "n_seeds", None)),
     ]
     return [f"{key}={value}" for key, value in flags if value is not None] + list(args.set or [])
 
@@ -285,6 +288,12 @@ def cmd_search(args: argparse.Namespace) -> int:
             print("\ninterrupted: the running trial is recorded as failed", file=err)
             _write_best(study, out, command, quiet=False)
             return EXIT_INTERRUPTED
+    confirm = config.search.confirm
+    if confirm.top_k and st.best_trial(study) is not None:
+        code = _confirm(study, config, adapter, out_dir, confirm.top_k, confirm.n_seeds, out,
+                        command)
+        if code:
+            return code
     if config.objective.is_multi:
         # the front is the result; the file gets its knee (the default pick rule)
         print(_status_text(study, storage_url), file=err)
@@ -299,6 +308,60 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(f"\nbest configuration written to {out}:\n", file=err)
     print(text, file=sys.stdout)
+    return 0
+
+
+def _confirm(
+    study: Any, config: Any, adapter: Any, out_dir: Path, top_k: int, n_seeds: int, out: Path,
+    command: str,
+) -> int:
+    """Run (or resume) the confirmation; print its table. Returns 0, or 130 on Ctrl-C."""
+    from tuner.confirm import run_confirm, summary_lines
+
+    err = sys.stderr
+    try:
+        record = run_confirm(
+            study, config, adapter, out_dir, top_k, n_seeds,
+            say=lambda message: print(message, file=err, flush=True),
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished confirmation runs are kept; `tuner confirm` resumes",
+              file=err)
+        _write_best(study, out, command, quiet=False)
+        return EXIT_INTERRUPTED
+    print("\n".join(summary_lines(record)), file=err)
+    return 0
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from tuner import study as st
+    from tuner.confirm import DEFAULT_TOP_K
+    from tuner.export import export
+
+    st.quiet_optuna()
+    config = _load(args)
+    storage_url = args.storage or st.default_storage(config.study)
+    out = Path(args.out) if args.out else st.STUDIES_DIR / config.study / "best_hyp.yaml"
+    _check_writable(out)
+    if config.objective.is_multi:
+        raise InputError(config.source, "objective", "tuner confirm needs a single objective")
+    adapter = _adapter_checked(config)
+    if adapter.seed_setting is None:
+        raise InputError(
+            config.source, "trainer.adapter",
+            f"adapter {config.trainer.adapter!r} has no seed setting to vary",
+        )
+    args.study = config.study
+    args.storage = storage_url
+    study = _open_study(args)
+    top_k = config.search.confirm.top_k or DEFAULT_TOP_K
+    command = "tuner " + shlex.join(args.argv)
+    code = _confirm(study, config, adapter, st.STUDIES_DIR / config.study, top_k,
+                    config.search.confirm.n_seeds, out, command)
+    if code:
+        return code
+    pick, _ = export(study, out, command=command)
+    print(f"trial {pick.trial.number} ({pick.rule}) written to {out}", file=sys.stderr)
     return 0
 
 
@@ -400,6 +463,11 @@ def _status_text(study: Any, storage_url: str) -> str:
             params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
             epochs = t.user_attrs.get("epochs_run", "")
             lines.append(f"  {t.number:>5}  {value:>20}  {epochs!s:>6}  {params}")
+    from tuner.confirm import load_record, summary_lines
+
+    record = load_record(study)
+    if record is not None:
+        lines.extend(summary_lines(record))
     failed = study.get_trials(deepcopy=False, states=(st.TrialState.FAIL,))
     if failed:
         lines.append("failed:")
@@ -589,7 +657,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="resources of one trial, e.g. cpu=2,gpu=0.5 (ray backend; default: cpu=1)",
     )
+    p.add_argument(
+        "--confirm",
+        type=int,
+        metavar="K",
+        help="after the search, re-train the best K trials and the baseline on fresh trainer "
+        "seeds and export the best mean (default: the space's search.confirm.top_k, 0 = off)",
+    )
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "confirm",
+        help="re-train a study's best trials on fresh seeds and export the best mean",
+        description=(
+            "Re-train the top-K complete trials and the baseline with trainer seeds the search "
+            "never used (the study's seed + 1 ... + N), record the values in the study and "
+            "export the trial with the best mean: a short trial's value is one noisy draw and "
+            "the best of many draws is biased upwards. Interrupted runs resume."
+        ),
+    )
+    _add_space_flags(p)
+    p.add_argument("--storage", help="storage URL (default: sqlite:///studies/<study>.db)")
+    p.add_argument(
+        "--top-k", type=int, metavar="K",
+        help="trials to confirm (default: the space's search.confirm.top_k, else 3)",
+    )
+    p.add_argument(
+        "--n-seeds", type=int, metavar="N",
+        help="fresh seeds per trial (default: the space's search.confirm.n_seeds, 2)",
+    )
+    p.add_argument("--out", help="best hyp file (default: studies/<study>/best_hyp.yaml)")
+    p.set_defaults(func=cmd_confirm)
 
     p = sub.add_parser("export", help="write the hyp YAML of the best or a chosen trial")
     p.add_argument("--storage", required=True, help="storage URL")
@@ -598,10 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", type=int, help="trial number (default: chosen by --pick)")
     which.add_argument("--pick", metavar="RULE", help=(
         "best-metric (best first objective; on the Pareto front when there are several), "
+        "confirmed (best mean over the fresh seeds of `tuner confirm`), "
         "knee (the Pareto-front trial closest to the utopia point, each objective scaled to "
         "[0, 1] over the complete trials; multi-objective only) or max-time=SECONDS (best "
         "first objective among trials trained within SECONDS); default: knee for "
-        "multi-objective studies, else best-metric"
+        "multi-objective studies, confirmed for confirmed ones, else best-metric"
     ))
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument(

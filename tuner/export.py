@@ -20,6 +20,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from trainer.formats import FORMATS
+from tuner.confirm import ConfirmRecord, best_confirmed, load_record
 from tuner.errors import InputError
 from tuner.study import baseline_trial, best_trial, counts
 
@@ -45,7 +46,7 @@ class PickRule:
     """How to choose the exported trial (``--pick``).
 
     Attributes:
-        kind: ``best-metric``, ``knee`` or ``max-time``.
+        kind: ``best-metric``, ``confirmed``, ``knee`` or ``max-time``.
         max_seconds: The train-time budget of ``max-time``.
     """
 
@@ -53,17 +54,17 @@ class PickRule:
     max_seconds: float | None = None
 
 
-PICK_CHOICES = "best-metric, knee or max-time=SECONDS"
+PICK_CHOICES = "best-metric, confirmed, knee or max-time=SECONDS"
 
 
 def parse_pick(text: str) -> PickRule:
-    """Read ``best-metric``, ``knee`` or ``max-time=SECONDS`` (``max-time=90s`` too).
+    """Read ``best-metric``, ``confirmed``, ``knee`` or ``max-time=SECONDS`` (``90s`` too).
 
     Raises:
         InputError: Anything else.
     """
     text = text.strip()
-    if text in ("best-metric", "knee"):
+    if text in ("best-metric", "confirmed", "knee"):
         return PickRule(text)
     kind, sep, value = text.partition("=")
     if kind == "max-time" and sep:
@@ -78,8 +79,14 @@ def parse_pick(text: str) -> PickRule:
 
 
 def default_pick(study: optuna.Study) -> PickRule:
-    """``knee`` for a multi-objective study (the balanced trade), else ``best-metric``."""
-    return PickRule("knee" if len(study.directions) > 1 else "best-metric")
+    """``knee`` for a multi-objective study (the balanced trade); ``confirmed`` once a
+    confirmation (:mod:`tuner.confirm`) has finished every run; else ``best-metric``."""
+    if len(study.directions) > 1:
+        return PickRule("knee")
+    record = load_record(study)
+    if record is not None and record.complete and best_confirmed(record) is not None:
+        return PickRule("confirmed")
+    return PickRule("best-metric")
 
 
 def pick_trial(
@@ -91,6 +98,8 @@ def pick_trial(
 
     - ``best-metric``: the best primary (first) metric; in a multi-objective study it is
       taken from the Pareto front, so a tie in it goes to the better other objectives.
+    - ``confirmed``: the trial with the best mean over the fresh trainer seeds of the study's
+      confirmation (``tuner confirm`` or ``search.confirm``); see :mod:`tuner.confirm`.
     - ``knee``: the Pareto-front trial closest to the utopia point once each objective is
       scaled to [0, 1] between its best and worst complete trial (multi-objective studies
       only; see :func:`tuner.report.data.knee_index`).
@@ -120,6 +129,8 @@ def pick_trial(
         )
     if not complete:
         raise InputError("--study", None, f"study {study.study_name!r} has no complete trial yet")
+    if rule.kind == "confirmed":
+        return _confirmed(study)
     if rule.kind == "knee":
         trial = knee_trial(complete, info)
         text = (
@@ -136,6 +147,29 @@ def pick_trial(
     if trial is None:
         raise InputError("--study", None, f"study {study.study_name!r} has no complete trial yet")
     return Pick(trial, text)
+
+
+def _confirmed(study: optuna.Study) -> Pick:
+    record = load_record(study)
+    if record is None:
+        raise InputError(
+            "--pick", None, f"study {study.study_name!r} has not been confirmed; run "
+            "`tuner confirm --space SPACE` (or set search.confirm.top_k) first"
+        )
+    number = best_confirmed(record)
+    if number is None:
+        raise InputError(
+            "--pick", None, f"no confirmation run of study {study.study_name!r} succeeded "
+            "(see `tuner status`)"
+        )
+    text = (
+        f"confirmed: the best mean {record.metric} over fresh trainer seeds "
+        f"{', '.join(map(str, record.seeds))} among the top {len(record.trials)} trials"
+        + (" and the baseline" if record.baseline is not None else "")
+    )
+    if not record.complete:
+        text += f" (unfinished: {record.n_done}/{record.n_runs} runs)"
+    return Pick(study.get_trials(deepcopy=False)[number], text)
 
 
 def _seconds(trial: FrozenTrial) -> float | None:
@@ -197,10 +231,35 @@ def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[s
         )
     else:
         lines.append("baseline: not in this study")
+    lines += _confirm_lines(load_record(study), trial.number)
     if trial.state != TrialState.COMPLETE:
         lines.append(f"state: {trial.state.name} (not a complete trial)")
     lines.append(f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}")
     lines.append(f"command: {command or study.user_attrs.get('command', 'n/a')}")
+    return lines
+
+
+def _confirm_lines(record: ConfirmRecord | None, number: int) -> list[str]:
+    """The fresh-seed means of the pick and the baseline (what the pick is worth)."""
+    if record is None or number not in record.confirmed:
+        return []
+
+    def spread(n: int) -> str:
+        mean, std = record.mean(n), record.std(n)
+        if mean is None:
+            return "every run failed"
+        return f"{mean:.6g}" + (f" +- {std:.3g}" if std is not None else "") + (
+            f" ({len(record.values(n))} runs)"
+        )
+
+    seeds = ", ".join(map(str, record.seeds))
+    lines = [f"fresh trainer seeds {seeds}: {record.metric} mean {spread(number)}"]
+    base = record.baseline
+    if base is not None and base != number:
+        lines.append(f"baseline (trial {base}) on the same seeds: mean {spread(base)}")
+        pick_mean, base_mean = record.mean(number), record.mean(base)
+        if pick_mean is not None and base_mean is not None:
+            lines.append(f"gain on fresh seeds {pick_mean - base_mean:+.6g}")
     return lines
 
 

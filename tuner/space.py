@@ -105,6 +105,15 @@ class ComponentConfig:
 
 
 @dataclass(frozen=True)
+class ConfirmConfig:
+    """Re-train the ``top_k`` best trials and the baseline on ``n_seeds`` fresh trainer seeds
+    after the search, and export the best mean (:mod:`tuner.confirm`); ``top_k: 0`` is off."""
+
+    top_k: int = 0
+    n_seeds: int = 2
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """How the study searches. The field defaults here are the only defaults."""
 
@@ -115,6 +124,7 @@ class SearchConfig:
     pruner: ComponentConfig = ComponentConfig("median")
     baseline: bool = True
     max_failures: int = 5
+    confirm: ConfirmConfig = ConfirmConfig()
 
 
 @dataclass(frozen=True)
@@ -347,7 +357,23 @@ def _parse_search(ctx: _Ctx, raw: Any) -> SearchConfig:
         pruner=_parse_component(ctx, raw.get("pruner"), "search.pruner", defaults.pruner),
         baseline=ctx.boolean(raw.get("baseline", defaults.baseline), "search.baseline"),
         max_failures=max_failures,
+        confirm=_parse_confirm(ctx, raw.get("confirm")),
     )
+
+
+def _parse_confirm(ctx: _Ctx, raw: Any) -> ConfirmConfig:
+    defaults = ConfirmConfig()
+    raw = ctx.mapping(raw if raw is not None else {}, "search.confirm")
+    ctx.unknown(raw, [f.name for f in dataclasses.fields(ConfirmConfig)], "search.confirm")
+    top_k = ctx.number(raw.get("top_k", defaults.top_k), "search.confirm.top_k", integer=True)
+    if top_k < 0:
+        raise ctx.error("search.confirm.top_k", f"must be >= 0 (0: off), got {top_k}")
+    n_seeds = ctx.number(
+        raw.get("n_seeds", defaults.n_seeds), "search.confirm.n_seeds", integer=True
+    )
+    if n_seeds < 1:
+        raise ctx.error("search.confirm.n_seeds", f"must be >= 1, got {n_seeds}")
+    return ConfirmConfig(top_k=top_k, n_seeds=n_seeds)
 
 
 def _load_yaml(path: Path, source: str, field_name: str | None = None) -> Any:
@@ -470,6 +496,15 @@ def load_space(
 
     base, base_file = _parse_base(ctx, raw.get("base"), path.parent)
     search = _parse_search(ctx, raw.get("search"))
+    if search.confirm.top_k:
+        if objective.is_multi:
+            raise ctx.error(
+                "search.confirm", "confirms single-objective studies only (set top_k: 0)"
+            )
+        if getattr(adapter, "seed_setting", None) is None:
+            raise ctx.error(
+                "search.confirm", f"adapter {name!r} has no seed setting to vary (set top_k: 0)"
+            )
 
     space_raw = ctx.mapping(raw.get("space"), "space")
     if not space_raw:

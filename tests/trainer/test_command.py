@@ -62,20 +62,21 @@ def test_builtin_placeholders_and_environment(tmp_path):
     script.write_text(
         "import json, os, sys\n"
         "out = os.environ['TUNER_METRICS_FILE']\n"
-        "keys = ['TUNER_HYP', 'TUNER_FREEZE', 'TUNER_EPOCHS', 'TUNER_TRIAL_DIR', 'TUNER_DEVICE']\n"
+        "keys = ['TUNER_HYP', 'TUNER_FREEZE', 'TUNER_EPOCHS', 'TUNER_TRIAL_DIR', 'TUNER_DEVICE',\n"
+        "        'TUNER_SEED']\n"
         "info = {k: os.environ[k] for k in keys}\n"
         "info['argv'] = sys.argv[1:]; info['cwd'] = os.getcwd(); info['MY'] = os.environ['MY']\n"
         "path = os.path.join(os.environ['TUNER_TRIAL_DIR'], 'info.json')\n"
         "open(path, 'w').write(json.dumps(info))\n"
         "open(out, 'a').write(json.dumps({'val/acc': 0.5, 'loss': 0.1}) + '\\n')\n"
     )
-    adapter = make(tmp_path, command=f"{{python}} {script} {{device}} {{{{literal}}}}",
-                   epochs=1, device="cuda:1", cwd=str(tmp_path), env={"MY": "value"})
+    adapter = make(tmp_path, command=f"{{python}} {script} {{device}} {{{{literal}}}} {{seed}}",
+                   epochs=1, device="cuda:1", seed=7, cwd=str(tmp_path), env={"MY": "value"})
     trial_dir = tmp_path / "t"
     trial_dir.mkdir()
     adapter.run(adapter.default_hyp(), RecordingReporter(), trial_dir)
     info = json.loads((trial_dir / "info.json").read_text())
-    assert info["argv"] == ["cuda:1", "{literal}"]
+    assert info["argv"] == ["cuda:1", "{literal}", "7"] and info["TUNER_SEED"] == "7"
     assert info["TUNER_FREEZE"] == "0" and info["TUNER_EPOCHS"] == "1"
     assert info["TUNER_DEVICE"] == "cuda:1" and info["MY"] == "value"
     assert Path(info["cwd"]) == tmp_path

@@ -69,7 +69,7 @@ class TestYoloV5Contract(AdapterContract):
 
 
 def test_command_line_is_exactly_as_documented(tmp_path, files):
-    adapter = make(tmp_path, files, workers=0, extra_args=["--cos-lr"])
+    adapter = make(tmp_path, files, workers=0, seed=3, extra_args=["--cos-lr"])
     directory = trial_dir(tmp_path)
     cmd = adapter.build_command(directory / "train_hyp.yaml", 10, directory, files["data"])
     assert cmd == [
@@ -85,6 +85,7 @@ def test_command_line_is_exactly_as_documented(tmp_path, files):
         "--project", str(directory),
         "--name", "trial_0007",
         "--exist-ok",
+        "--seed", "3",
         "--cfg", files["cfg"],
         "--workers", "0",
         "--noplots",

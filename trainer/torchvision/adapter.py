@@ -43,6 +43,7 @@ class TorchvisionAdapter(Adapter):
     default_metric: ClassVar[str] = "val/acc"
     default_direction: ClassVar[str] = "maximize"
     export_format: ClassVar[str] = "generic"
+    seed_setting = "seed"
 
     def __init__(self, settings: Mapping[str, Any] | None, cache_dir: Path) -> None:
         super().__init__(settings or {}, cache_dir)

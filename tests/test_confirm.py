@@ -1,0 +1,236 @@
+"""Confirmation on fresh seeds: the top trials and the baseline re-trained, the best mean exported.
+
+The curve adapter with ``noise`` adds a seed-dependent offset to each configuration's score (a
+real trainer's run-to-run noise), so the search's best is partly a lucky draw; the tests check
+the recorded values against the adapter's own formula, the pick against the fresh-seed means,
+resuming after an interrupt, failed runs, and what ``status`` and ``export`` say.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tests.fakes import CurveAdapter
+from tuner import confirm as cf
+from tuner.cli import main
+from tuner.export import load_hyp, pick_trial
+from tuner.space import load_space
+
+SPACE = """
+study: c
+trainer: {adapter: curve, epochs: 2, noise: 0.3}
+objective: {metric: val/acc}
+base: {lr0: 0.001, momentum: 0.7}
+search: {n_trials: 8, seed: 1, sampler: {name: random}, pruner: {name: none}}
+space:
+  lr0: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
+  momentum: {type: float, low: 0.6, high: 0.98}
+"""
+URL = "sqlite:///studies/c.db"
+
+
+def expected_value(hyp: dict, seed: int, epochs: int = 2, noise: float = 0.3) -> float:
+    """What the curve adapter scores for ``hyp`` at ``seed`` (best epoch = the last)."""
+    adapter = CurveAdapter({"epochs": epochs, "noise": noise, "seed": seed}, Path("."))
+    q = adapter.quality(hyp) + adapter.seed_noise(hyp)
+    return q * (1 - 2.718281828459045 ** (-epochs))
+
+
+def load() -> optuna.Study:
+    return optuna.load_study(study_name="c", storage=URL)
+
+
+def test_record_round_trips_through_json_and_ranks_by_fresh_mean():
+    record = cf.ConfirmRecord(
+        metric="val/loss",
+        direction="minimize",
+        seeds=(1, 2),
+        trials=(4, 7),
+        baseline=0,
+        runs={4: {1: 0.30, 2: 0.50}, 7: {1: 0.35, 2: None}, 0: {1: 0.6, 2: 0.62}},
+        reasons={7: {2: "RuntimeError: boom"}},
+        search_values={4: 0.1, 7: 0.2, 0: 0.5},
+    )
+    attr = record.to_attr()
+    back = cf.ConfirmRecord.from_attr(yaml.safe_load(yaml.safe_dump(attr)))
+    assert back == record
+    assert back.confirmed == (4, 7, 0)
+    assert back.complete and back.n_done == back.n_runs == 6
+    # minimise: trial 7 (0.35 on its one good run) beats trial 4 (mean 0.40)
+    assert cf.best_confirmed(back) == 7
+    assert back.mean(4) == pytest.approx(0.40)
+    text = "\n".join(cf.summary_lines(back))
+    assert "baseline" in text and "picked" in text and "1 failed" in text
+
+
+def test_search_with_confirm_exports_the_best_fresh_mean(workdir, capsys):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml", "--confirm", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "confirm: re-training the top 3 trials and the baseline (trial 0)" in err
+    assert "confirm 8/8:" in err
+
+    study = load()
+    record = cf.load_record(study)
+    assert record is not None and record.complete
+    assert record.seeds == (1, 2)  # the study's trainer seed is 0
+    assert record.baseline == 0 and 0 not in record.trials
+    complete = sorted(
+        study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: -t.value
+    )
+    assert list(record.trials) == [t.number for t in complete[:3]]
+    trials = {t.number: t for t in study.trials}
+    means = {}
+    for number in record.confirmed:
+        hyp = trials[number].user_attrs["hyp"]
+        fresh = [expected_value(hyp, seed) for seed in (1, 2)]
+        assert [record.runs[number][s] for s in (1, 2)] == pytest.approx(fresh)
+        means[number] = statistics.fmean(fresh)
+        assert (workdir / "studies" / "c" / "confirm" / f"{number:04d}-seed1").is_dir()
+    picked = max(means, key=means.get)
+
+    pick = pick_trial(study)
+    assert pick.trial.number == picked and pick.rule.startswith("confirmed:")
+    best_file = workdir / "studies" / "c" / "best_hyp.yaml"
+    text = best_file.read_text()
+    assert (
+        f"trial: {picked} (confirmed: the best mean val/acc over fresh trainer seeds 1, 2"
+        in text
+    )
+    assert "fresh trainer seeds 1, 2: val/acc mean" in text
+    if picked != 0:
+        assert "baseline (trial 0) on the same seeds: mean" in text
+        assert "gain on fresh seeds" in text
+    assert load_hyp(best_file)["lr0"] == pytest.approx(trials[picked].user_attrs["hyp"]["lr0"])
+
+    assert main(["status", "--storage", URL]) == 0
+    out = capsys.readouterr().out
+    assert "confirmed on trainer seeds 1, 2 (8/8 runs):" in out
+    # the plain best is still there on request
+    assert pick_trial(study, rule="best-metric").trial.number == complete[0].number
+
+
+def test_interrupted_confirmation_resumes_without_repeating_runs(workdir, capsys):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml"]) == 0
+    config = load_space(workdir / "c.yaml")
+    study = load()
+    calls: list[tuple[float, int]] = []
+
+    def build(seeded, stop_after=None):
+        adapter = seeded.make_adapter(workdir)
+        real_run = adapter.run
+
+        def run(hyp, reporter, trial_dir):
+            if stop_after is not None and len(calls) == stop_after:
+                raise KeyboardInterrupt
+            calls.append((hyp["lr0"], adapter.settings.seed))
+            return real_run(hyp, reporter, trial_dir)
+
+        adapter.run = run
+        return adapter
+
+    adapter = config.make_adapter(workdir)
+    with pytest.raises(KeyboardInterrupt):
+        cf.run_confirm(study, config, adapter, workdir / "out", 2, 2, print,
+                       make_adapter=lambda c: build(c, stop_after=3))
+    partial = cf.load_record(load())
+    assert partial.n_done == 3 and not partial.complete
+    # an unfinished confirmation does not change the default pick
+    assert pick_trial(load()).rule.startswith("best-metric")
+    first = list(calls)
+    record = cf.run_confirm(load(), config, adapter, workdir / "out", 2, 2, print,
+                            make_adapter=build)
+    assert record.complete and record.n_runs == 6
+    assert len(calls) == 6 and calls[:3] == first  # three new runs, none repeated
+    assert len(set(calls)) == 6
+
+
+def test_a_failing_confirmation_run_is_recorded_and_the_rest_go_on(workdir, capsys):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml"]) == 0
+    config = load_space(workdir / "c.yaml")
+
+    def build(seeded):
+        adapter = seeded.make_adapter(workdir)
+        if adapter.settings.seed == 2:
+            def crash(hyp, reporter, trial_dir):
+                raise RuntimeError("simulated crash on seed 2")
+
+            adapter.run = crash
+        return adapter
+
+    record = cf.run_confirm(load(), config, config.make_adapter(workdir), workdir / "out", 2, 2,
+                            print, make_adapter=build)
+    assert record.complete
+    for number in record.confirmed:
+        assert record.runs[number][2] is None
+        assert record.reasons[number][2] == "RuntimeError: simulated crash on seed 2"
+        assert record.values(number) == [record.runs[number][1]]
+    assert cf.best_confirmed(record) == max(record.confirmed, key=lambda n: record.runs[n][1])
+    capsys.readouterr()
+    assert main(["status", "--storage", URL]) == 0
+    assert "1 failed" in capsys.readouterr().out
+
+
+def test_confirm_command_on_an_existing_study(workdir, capsys):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml"]) == 0
+    capsys.readouterr()
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "2", "--n-seeds", "3"]) == 0
+    err = capsys.readouterr().err
+    record = cf.load_record(load())
+    assert record.seeds == (1, 2, 3) and len(record.trials) == 2 and record.complete
+    assert f"trial {cf.best_confirmed(record)} (confirmed:" in err
+    assert "written to studies/c/best_hyp.yaml" in err
+
+
+def test_confirm_command_bad_input(workdir, capsys):
+    (workdir / "c.yaml").write_text(SPACE)
+    # no study yet
+    assert main(["confirm", "--space", "c.yaml"]) == 2
+    assert "no study 'c' in sqlite:///studies/c.db" in capsys.readouterr().err
+    # an explicit pick that needs a confirmation the study does not have
+    assert main(["search", "--space", "c.yaml"]) == 0
+    capsys.readouterr()
+    code = main(["export", "--storage", URL, "--pick", "confirmed", "--out", "x.yaml"])
+    assert code == 2
+    assert "has not been confirmed; run `tuner confirm --space SPACE`" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_confirmation_exits_130_and_keeps_finished_runs(workdir, capsys,
+                                                                      monkeypatch):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml"]) == 0
+    n_runs = []
+    real = cf._prepared
+
+    def interrupting(config):
+        adapter = real(config)
+        run = adapter.run
+
+        def run_once_then_interrupt(hyp, reporter, trial_dir):
+            if len(n_runs) == 2:
+                raise KeyboardInterrupt
+            n_runs.append(1)
+            return run(hyp, reporter, trial_dir)
+
+        adapter.run = run_once_then_interrupt
+        return adapter
+
+    monkeypatch.setattr(cf, "_prepared", interrupting)
+    capsys.readouterr()
+    assert main(["confirm", "--space", "c.yaml"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: finished confirmation runs are kept; `tuner confirm` resumes" in err
+    assert "best configuration so far written to studies/c/best_hyp.yaml" in err
+    assert cf.load_record(load()).n_done == 2
+    monkeypatch.setattr(cf, "_prepared", real)
+    assert main(["confirm", "--space", "c.yaml"]) == 0
+    assert "(8 runs, 2 done earlier)" in capsys.readouterr().err
+    assert cf.load_record(load()).complete

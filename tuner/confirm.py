@@ -1,0 +1,363 @@
+"""Confirm the study's best trials on fresh trainer seeds before one is exported.
+
+A short trial's value is one draw: it depends on the trainer's seed (data order, head
+initialisation, augmentation draws) as well as on the hyps, and the best of many draws is
+biased upwards (the winner's curse: the top trial is often the luckiest, not the best).
+:func:`run_confirm` re-trains the ``top_k`` best complete trials, and the baseline, with
+``n_seeds`` trainer seeds the search never used, records every value in the study (study user
+attr ``confirm``, written after each run so an interrupted confirmation resumes) and
+:func:`best_confirmed` names the trial with the best *mean over the fresh seeds*. The search's
+own value is left out of that mean on purpose: it is the biased draw.
+
+Fresh seeds are the study's trainer seed + 1 ... + ``n_seeds``; the adapter says which of its
+settings is the seed (:attr:`trainer.base.Adapter.seed_setting`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from trainer.base import Adapter, NullReporter
+from tuner.errors import InputError
+from tuner.objective import checked_metric, failure_reason, reduce_metric
+from tuner.space import StudyConfig, TrainerConfig
+
+ATTR = "confirm"
+# `tuner confirm` without --top-k, on a space that does not set search.confirm.top_k
+DEFAULT_TOP_K = 3
+
+
+@dataclass(frozen=True)
+class ConfirmRecord:
+    """The fresh-seed runs of a study, as stored in its ``confirm`` user attr.
+
+    Attributes:
+        metric: The objective metric the values are of.
+        direction: ``maximize`` or ``minimize``.
+        seeds: The fresh trainer seeds.
+        trials: The top-k trial numbers, best search value first.
+        baseline: The baseline trial's number (confirmed too, whether or not it is among
+            ``trials``), or None when the study has none.
+        runs: Trial -> seed -> value (None: the run failed; see ``reasons``).
+        reasons: Trial -> seed -> why the run failed.
+        search_values: Trial -> its value in the search (for comparison only).
+    """
+
+    metric: str
+    direction: str
+    seeds: tuple[int, ...]
+    trials: tuple[int, ...]
+    runs: Mapping[int, Mapping[int, float | None]] = field(default_factory=dict)
+    reasons: Mapping[int, Mapping[int, str]] = field(default_factory=dict)
+    search_values: Mapping[int, float] = field(default_factory=dict)
+    baseline: int | None = None
+
+    @property
+    def confirmed(self) -> tuple[int, ...]:
+        """Every confirmed trial: the top-k, then the baseline when it is not among them."""
+        extra = () if self.baseline is None or self.baseline in self.trials else (self.baseline,)
+        return (*self.trials, *extra)
+
+    def values(self, number: int) -> list[float]:
+        """The trial's successful fresh-seed values."""
+        return [v for v in self.runs.get(number, {}).values() if v is not None]
+
+    def mean(self, number: int) -> float | None:
+        values = self.values(number)
+        return statistics.fmean(values) if values else None
+
+    def std(self, number: int) -> float | None:
+        values = self.values(number)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.confirmed) * len(self.seeds)
+
+    @property
+    def n_done(self) -> int:
+        return sum(
+            1 for t in self.confirmed for s in self.seeds if s in self.runs.get(t, {})
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every (trial, seed) pair ran (successfully or not)."""
+        return self.n_done == self.n_runs
+
+    def to_attr(self) -> dict[str, Any]:
+        """JSON-safe form (Optuna stores user attrs as JSON: keys become strings)."""
+        return {
+            "metric": self.metric,
+            "direction": self.direction,
+            "seeds": list(self.seeds),
+            "trials": list(self.trials),
+            "baseline": self.baseline,
+            "runs": {str(t): {str(s): v for s, v in r.items()} for t, r in self.runs.items()},
+            "reasons": {
+                str(t): {str(s): m for s, m in r.items()} for t, r in self.reasons.items()
+            },
+            "search_values": {str(t): v for t, v in self.search_values.items()},
+        }
+
+    @classmethod
+    def from_attr(cls, raw: Mapping[str, Any]) -> ConfirmRecord:
+        def table(key: str) -> dict[int, dict[int, Any]]:
+            return {
+                int(t): {int(s): v for s, v in runs.items()}
+                for t, runs in (raw.get(key) or {}).items()
+            }
+
+        return cls(
+            metric=str(raw["metric"]),
+            direction=str(raw["direction"]),
+            seeds=tuple(int(s) for s in raw["seeds"]),
+            trials=tuple(int(t) for t in raw["trials"]),
+            runs=table("runs"),
+            reasons=table("reasons"),
+            search_values={int(t): float(v) for t, v in (raw.get("search_values") or {}).items()},
+            baseline=raw.get("baseline"),
+        )
+
+
+def load_record(study: optuna.Study) -> ConfirmRecord | None:
+    """The study's confirmation, if one was run (or started)."""
+    raw = study.user_attrs.get(ATTR)
+    if not raw:
+        return None
+    try:
+        return ConfirmRecord.from_attr(raw)
+    except (KeyError, TypeError, ValueError):
+        return None  # written by something else: ignore rather than fail every command
+
+
+def best_confirmed(record: ConfirmRecord) -> int | None:
+    """The confirmed trial with the best mean over the fresh seeds (None: no run succeeded).
+
+    A trial whose runs partly failed is ranked on the runs that succeeded; a tie goes to the
+    trial with more successful runs, then to the better search value.
+    """
+    sign = 1.0 if record.direction == "maximize" else -1.0
+    scored = [
+        (sign * mean, len(record.values(t)), sign * record.search_values.get(t, -math.inf), t)
+        for t in record.confirmed
+        if (mean := record.mean(t)) is not None
+    ]
+    return max(scored)[3] if scored else None
+
+
+def candidates(study: optuna.Study, top_k: int) -> tuple[list[FrozenTrial], FrozenTrial | None]:
+    """The ``top_k`` best complete trials (distinct hyps) and the baseline trial.
+
+    The baseline is confirmed too, so the export can say whether the pick beats the defaults
+    beyond the seed's noise; when a top trial has the baseline's hyps, that trial stands for it.
+    """
+    from tuner.export import trial_hyp
+    from tuner.study import baseline_trial
+
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ranked = sorted(complete, key=lambda t: (-t.value if reverse else t.value, t.number))
+    chosen: list[FrozenTrial] = []
+    seen: list[dict[str, Any]] = []
+    for trial in ranked:
+        hyp = trial_hyp(study, trial)
+        if hyp in seen:  # a sampler may repeat a configuration; confirm it once
+            continue
+        seen.append(hyp)
+        chosen.append(trial)
+        if len(chosen) == top_k:
+            break
+    base = baseline_trial(study)
+    if base is not None:
+        hyp = trial_hyp(study, base)
+        base = next((t for t, h in zip(chosen, seen) if h == hyp), base)
+    return chosen, base
+
+
+def seeded_config(config: StudyConfig, setting: str, seed: int) -> StudyConfig:
+    """The same space with the trainer's seed setting replaced."""
+    settings = {**config.trainer.settings, setting: seed}
+    return dataclasses.replace(config, trainer=TrainerConfig(config.trainer.adapter, settings))
+
+
+def seed_of(adapter: Adapter, source: str) -> tuple[str, int]:
+    """The adapter's seed setting and the value the study's trials used.
+
+    Raises:
+        InputError: The adapter has no seed setting (nothing to vary).
+    """
+    setting = adapter.seed_setting
+    if setting is None:
+        raise InputError(
+            source, "search.confirm", f"adapter {adapter.name!r} has no seed setting to vary"
+        )
+    value = adapter.settings_dict().get(setting, 0)
+    return setting, int(value or 0)
+
+
+def run_confirm(
+    study: optuna.Study,
+    config: StudyConfig,
+    adapter: Adapter,
+    out_dir: Path,
+    top_k: int,
+    n_seeds: int,
+    say: Callable[[str], None],
+    make_adapter: Callable[[StudyConfig], Adapter] | None = None,
+) -> ConfirmRecord:
+    """Re-train the top trials and the baseline on ``n_seeds`` fresh seeds; record each run.
+
+    Runs recorded by an earlier (interrupted) confirmation with the same seeds are kept.
+
+    Args:
+        study: A single-objective study with complete trials.
+        config: Its validated space.
+        adapter: The search's adapter (gives the seed setting and the study's seed).
+        out_dir: The study's output folder; runs go to ``out_dir/confirm/<trial>-seed<seed>``.
+        top_k: How many of the best trials to confirm.
+        n_seeds: Fresh seeds per trial.
+        say: Progress output.
+        make_adapter: Builds a prepared adapter for a config (default: build and prepare).
+
+    Raises:
+        InputError: A multi-objective study, an adapter without a seed, or no complete trial.
+    """
+    if config.objective.is_multi:
+        raise InputError(
+            config.source, "search.confirm", "confirms single-objective studies only"
+        )
+    setting, study_seed = seed_of(adapter, config.source)
+    chosen, base = candidates(study, top_k)
+    if not chosen:
+        raise InputError("--study", None, f"study {study.study_name!r} has no complete trial yet")
+    seeds = tuple(study_seed + i for i in range(1, n_seeds + 1))
+    numbers = [t.number for t in chosen]
+    extra = base is not None and base.number not in numbers
+    trials = [*chosen, *([base] if extra else [])]
+    target = config.objective.primary
+    old = load_record(study)
+    keep = old is not None and old.metric == target.metric
+    runs: dict[int, dict[int, float | None]] = {
+        t.number: {s: v for s, v in (old.runs.get(t.number, {}) if keep else {}).items()
+                   if s in seeds}
+        for t in trials
+    }
+    reasons: dict[int, dict[int, str]] = {
+        t.number: dict(old.reasons.get(t.number, {})) if keep else {} for t in trials
+    }
+    baseline = base.number if base is not None else None
+
+    def record() -> ConfirmRecord:
+        return ConfirmRecord(
+            metric=target.metric,
+            direction=target.direction,
+            seeds=seeds,
+            trials=tuple(t.number for t in chosen),
+            runs=runs,
+            reasons=reasons,
+            search_values={t.number: float(t.value) for t in trials},
+            baseline=baseline,
+        )
+
+    build = make_adapter or _prepared
+    adapters: dict[int, Adapter] = {}
+    todo = [(t, s) for t in trials for s in seeds if s not in runs[t.number]]
+    n_total = len(trials) * len(seeds)
+    done = n_total - len(todo)
+    say(
+        f"confirm: re-training the top {len(chosen)} trials"
+        + (f" and the baseline (trial {base.number})" if extra else "")
+        + f" on fresh trainer seeds {', '.join(map(str, seeds))} ({n_total} runs"
+        + (f", {done} done earlier" if done else "")
+        + ")"
+    )
+    from tuner.export import trial_hyp
+
+    for trial, seed in todo:
+        if seed not in adapters:
+            adapters[seed] = build(seeded_config(config, setting, seed))
+        run_dir = out_dir / "confirm" / f"{trial.number:04d}-seed{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        try:
+            result = adapters[seed].run(trial_hyp(study, trial), _Finite(target.metric), run_dir)
+            value: float | None = reduce_metric(
+                result.history, target.metric, target.direction, config.objective.reduce
+            )
+            reasons[trial.number].pop(seed, None)
+            shown = f"{target.metric} {value:.4g}"
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the rest go on
+            value = None
+            reasons[trial.number][seed] = failure_reason(exc)
+            shown = f"failed: {reasons[trial.number][seed]}"
+        runs[trial.number][seed] = value
+        done += 1
+        study.set_user_attr(ATTR, record().to_attr())
+        say(
+            f"confirm {done}/{n_total}: trial {trial.number} (search {trial.value:.4g}) "
+            f"seed {seed}: {shown}  [{time.perf_counter() - started:.1f} s]"
+        )
+    final = record()
+    study.set_user_attr(ATTR, final.to_attr())
+    return final
+
+
+def _prepared(config: StudyConfig) -> Adapter:
+    from tuner.study import STUDIES_DIR
+
+    adapter = config.make_adapter(STUDIES_DIR / ".cache")
+    adapter.prepare()
+    return adapter
+
+
+class _Finite(NullReporter):
+    """Never prunes; stops a diverged run at once (as a trial's reporter would)."""
+
+    def __init__(self, metric: str) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        checked_metric(self.metric, epoch, metrics)
+        super().report(epoch, metrics)
+
+
+def summary_lines(record: ConfirmRecord) -> list[str]:
+    """A table: each confirmed trial's search value, fresh-seed mean ± std and runs."""
+    best = best_confirmed(record)
+    lines = [
+        f"confirmed on trainer seeds {', '.join(map(str, record.seeds))} "
+        f"({record.n_done}/{record.n_runs} runs{'' if record.complete else ', unfinished'}):",
+        f"  {'trial':>5}  {'search':>8}  {'fresh mean':>10}  {'std':>7}  runs",
+    ]
+    for number in record.confirmed:
+        mean, std = record.mean(number), record.std(number)
+        n_ok = len(record.values(number))
+        n_failed = len(record.reasons.get(number, {}))
+        notes = []
+        if number == record.baseline:
+            notes.append("baseline")
+        if number == best:
+            notes.append("picked")
+        if n_failed:
+            notes.append(f"{n_failed} failed")
+        lines.append(
+            f"  {number:>5}  {record.search_values.get(number, math.nan):>8.4g}  "
+            f"{'n/a' if mean is None else f'{mean:.4g}':>10}  "
+            f"{'' if std is None else f'{std:.3g}':>7}  {n_ok}"
+            + (f"  ({', '.join(notes)})" if notes else "")
+        )
+    return lines
