@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.base import Adapter, ConfigError, Pruned, Reporter, TrialError, TrialResult
+from trainer.base import Adapter, ConfigError, DivergedError, Pruned, Reporter, TrialResult
 
 
 @dataclass(frozen=True)
 class CurveSettings:
     epochs: int = 4
     sleep: float = 0.0
-    fail_above_lr0: float | None = None  # lr0 above this raises TrialError (a diverged run)
+    fail_above_lr0: float | None = None  # lr0 above this raises DivergedError (NaN loss)
     crash_above_lr0: float | None = None  # lr0 above this raises RuntimeError (a bug)
     oom_above_lr0: float | None = None  # lr0 above this raises torch.cuda.OutOfMemoryError
     data: str | None = None
@@ -108,7 +108,7 @@ class CurveAdapter(Adapter):
             if s.sleep:
                 time.sleep(s.sleep)
             if s.fail_above_lr0 is not None and hyp["lr0"] > s.fail_above_lr0:
-                raise TrialError(f"non-finite loss at epoch {epoch}", result)
+                raise DivergedError(f"non-finite loss at epoch {epoch}", result)
             acc = q * (1 - math.exp(-(epoch + 1)))
             metrics = {"val/acc": acc, "val/loss": 1 - acc}
             result.add_epoch(metrics)

@@ -71,12 +71,12 @@ def stop(server: subprocess.Popen) -> tuple[int, str]:
 def study_url(tmp_path):
     url = f"sqlite:///{tmp_path / 'dash.db'}"
     # lr0 above 0.3 fails, so the study holds a failed trial with its reason
-    make_study(tmp_path, overrides=("search.n_trials=3", "trainer.fail_above_lr0=0.3",
+    make_study(tmp_path, overrides=("search.n_trials=3", "trainer.crash_above_lr0=0.3",
                                     "search.pruner=none"), url=url)
     study = optuna.load_study(study_name="rep", storage=url)
     # one certain failure, whatever the sampler drew
     study.enqueue_trial({"freeze": 1, "lr0": 0.9, "momentum": 0.9})
-    config = load_space(tmp_path / "space.yaml", ("trainer.fail_above_lr0=0.3",))
+    config = load_space(tmp_path / "space.yaml", ("trainer.crash_above_lr0=0.3",))
     adapter = config.make_adapter(tmp_path / "cache")
     study.optimize(Objective(config, adapter, config.base_hyp(adapter), tmp_path / "out"),
                    n_trials=1, catch=(Exception,))
@@ -117,7 +117,7 @@ def test_dashboard_serves_the_study_over_http(study_url):
             assert TRIAL_FACTS <= keys, TRIAL_FACTS - keys
         if trial["state"] == "Fail":
             attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
-            assert "non-finite loss" in attrs["fail_reason"] and "hyp_path" in attrs
+            assert "simulated crash" in attrs["fail_reason"] and "hyp_path" in attrs
     note = detail["note"]["body"]
     assert note.startswith("## tuner study `rep`")
     assert "space.yaml" in note and "tuner search --space x" in note  # space file, command

@@ -1,15 +1,19 @@
 """Failure isolation: a failing trial becomes FAIL with its reason, the study goes on.
 
-Runs ``tuner search`` in-process on the curve adapter (exception, NaN loss, out of memory) and
+Runs ``tuner search`` in-process on the curve adapter (exception, out of memory, NaN loss) and
 on the ``command`` adapter (a training script that exits 1), then reads the reasons back from
-the storage and from ``tuner status``.
+the storage and from ``tuner status``. A diverged trial (NaN loss) is the hyps' doing, not the
+setup's: it is PRUNED with its reason, so the sampler learns from it.
 """
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 
+from tests.fakes import CurveAdapter
 from tuner.cli import main
 
 SPACE = """
@@ -39,10 +43,9 @@ def failed_and_status(capsys) -> tuple[list[optuna.trial.FrozenTrial], str]:
     "setting,reason",
     [
         ("crash_above_lr0", "RuntimeError: simulated crash in the training code"),
-        ("fail_above_lr0", "non-finite loss at epoch 0"),
         ("oom_above_lr0", "out of memory: OutOfMemoryError: CUDA out of memory"),
     ],
-    ids=["exception", "nan-loss", "out-of-memory"],
+    ids=["exception", "out-of-memory"],
 )
 def test_failing_trials_keep_their_reason_and_the_study_goes_on(
     workdir, capsys, setting, reason
@@ -113,3 +116,67 @@ def test_max_failures_stops_the_study_with_exit_code_1(workdir, capsys):
     assert "--max-failures N" in err and "Traceback" not in err
     study = optuna.load_study(study_name="f", storage=URL)
     assert [t.state for t in study.trials] == [FAIL] * 3  # stopped at once, nothing more ran
+
+
+PRUNED = optuna.trial.TrialState.PRUNED
+
+
+def test_diverged_trials_are_pruned_with_their_reason(workdir, capsys):
+    (workdir / "f.yaml").write_text(SPACE.format(setting="fail_above_lr0"))
+    assert main(["search", "--space", "f.yaml"]) == 0
+    failed, status = failed_and_status(capsys)
+    assert not failed
+    study = optuna.load_study(study_name="f", storage=URL)
+    diverged = [t for t in study.trials if t.user_attrs.get("diverged")]
+    assert diverged, "lr0 above 0.01 is drawn, so some trials must diverge"
+    for trial in study.trials:
+        assert (trial in diverged) == (trial.params["lr0"] > 0.01)
+    for trial in diverged:
+        assert trial.state == PRUNED
+        assert trial.user_attrs["fail_reason"] == "diverged: non-finite loss at epoch 0"
+        assert trial.user_attrs["epochs_run"] == 0
+        assert f"{trial.number:>5}  diverged: non-finite loss at epoch 0" in status
+    assert f"diverged ({len(diverged)}, counted as pruned):" in status
+    assert "failed:" not in status
+
+
+def test_a_diverging_region_neither_stops_the_study_nor_keeps_being_drawn(workdir, capsys):
+    # The curve's optimum (lr0 0.03) lies beyond the cliff at lr0 0.01, as a good lr often
+    # does. Trials that *fail* there are invisible to TPE, which keeps drawing towards the
+    # optimum until max_failures ends the study; *diverged* trials are pruned ones that it
+    # learns from. Same seed, same space.
+    def search(setting: str) -> tuple[int, optuna.Study]:
+        space = SPACE.format(setting=setting).replace("high: 1.0e-1", "high: 1.0")
+        space = space.replace(
+            "sampler: {name: random}", "sampler: {name: tpe, args: {n_startup_trials: 6}}"
+        ).replace("study: f", f"study: {setting}")
+        (workdir / "f.yaml").write_text(space)
+        code = main(["search", "--space", "f.yaml", "--max-failures", "20", "--n-trials", "40"])
+        capsys.readouterr()
+        url = f"sqlite:///studies/{setting}.db"
+        return code, optuna.load_study(study_name=setting, storage=url)
+
+    code, failing = search("crash_above_lr0")
+    assert code == 1  # 20 failures in a row: TPE homed in on the failing optimum
+    assert len(failing.get_trials(states=FINISHED)) < 40
+
+    code, diverging = search("fail_above_lr0")
+    assert code == 0
+    assert len(diverging.trials) == 40 and all(t.state != FAIL for t in diverging.trials)
+    late = diverging.trials[-20:]
+    assert sum(t.params["lr0"] > 0.01 for t in late) <= 12
+    # and it found the best value below the cliff, within 5%
+    best_hyp = {**diverging.best_trial.user_attrs["hyp"], "lr0": 0.01}
+    ceiling = CurveAdapter({"epochs": 2}, workdir).quality(best_hyp) * (1 - math.exp(-2))
+    assert diverging.best_value >= 0.95 * ceiling
+
+
+def test_a_loss_that_always_diverges_stops_after_twice_max_failures(workdir, capsys):
+    (workdir / "f.yaml").write_text(SPACE.format(setting="fail_above_lr0"))
+    flags = ["--max-failures", "2", "--set", "trainer.fail_above_lr0=0"]
+    code = main(["search", "--space", "f.yaml", *flags])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "tuner: error: stopped after 4 diverged trials in a row" in err
+    study = optuna.load_study(study_name="f", storage=URL)
+    assert [t.state for t in study.trials] == [PRUNED] * 4

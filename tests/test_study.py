@@ -73,12 +73,43 @@ def test_resume_adds_only_missing_trials(tmp_path):
 def test_failed_trials_do_not_count_and_keep_their_reason(tmp_path):
     _, study = run_study(
         tmp_path,
-        overrides=["search.n_trials=6", "trainer.fail_above_lr0=0.3", "search.max_failures=50"],
+        overrides=["search.n_trials=6", "trainer.crash_above_lr0=0.3", "search.max_failures=50"],
     )
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
     assert st.n_finished(study) == 6
     assert failed, "the space reaches lr0 > 0.3, so some trials must fail"
-    assert all("non-finite loss" in t.user_attrs["fail_reason"] for t in failed)
+    assert all("simulated crash" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_diverged_trials_count_as_pruned_and_keep_their_reason(tmp_path):
+    _, study = run_study(
+        tmp_path,
+        overrides=["search.n_trials=6", "trainer.fail_above_lr0=0.3", "search.max_failures=1"],
+    )
+    assert st.n_finished(study) == len(study.trials) == 6  # none failed, none ran in vain
+    diverged = [t for t in study.trials if t.user_attrs.get("diverged")]
+    assert diverged, "the space reaches lr0 > 0.3, so some trials must diverge"
+    for trial in diverged:
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.user_attrs["fail_reason"].startswith("diverged: non-finite loss")
+
+
+def test_budget_counts_failures_and_divergences_in_a_row():
+    budget = st.Budget(n_trials=10, max_failures=2)
+    fail, pruned = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED
+    budget.count(fail)
+    budget.count(pruned, diverged=True)  # a divergence breaks a row of failures
+    budget.count(fail)
+    assert budget.failures_in_a_row == 1 and budget.diverged_in_a_row == 1
+    for _ in range(2):
+        budget.count(pruned, diverged=True)
+    assert budget.diverged_in_a_row == 3 and not budget.stopped_for_failures
+    budget.count(pruned)  # an ordinary pruned trial: the loss is finite after all
+    assert budget.diverged_in_a_row == 0 and not budget.stopped_for_failures
+    for _ in range(4):
+        budget.count(pruned, diverged=True)
+    assert budget.stopped_for == "divergence"
+    assert "4 diverged trials in a row" in str(budget.failure_error())
 
 
 def test_crashing_setup_stops_after_max_failures(tmp_path):

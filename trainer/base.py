@@ -61,6 +61,16 @@ class TrialError(Exception):
         self.result = result
 
 
+class DivergedError(TrialError):
+    """Training diverged: a NaN or infinite loss or metric.
+
+    Unlike other trial errors this is an outcome of the hyps (mostly too high a learning rate
+    for the unfrozen layers), not of a broken setup, so the search side records such a trial
+    as pruned at its last finite epoch, with the reason: the sampler then learns to avoid the
+    region instead of drawing from it again and again.
+    """
+
+
 class ConfigError(ValueError):
     """Invalid adapter settings or hyp values; ``field`` is the dotted key inside the section."""
 
@@ -115,9 +125,9 @@ class TrialResult:
 
 
 def check_finite(value: float, what: str) -> None:
-    """Raise :class:`TrialError` for NaN or infinite values (a diverged trial stops at once)."""
+    """Raise :class:`DivergedError` for NaN or infinite values (a diverged trial stops at once)."""
     if not math.isfinite(value):
-        raise TrialError(f"non-finite {what} ({value})")
+        raise DivergedError(f"non-finite {what} ({value})")
 
 
 class Adapter(ABC):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.base import ConfigError, TrialError
+from trainer.base import ConfigError, DivergedError, TrialError
 
 # -- hyp keys ---------------------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ def check_losses(metrics: Mapping[str, float], epoch: int, also: Iterable[str] =
     names = set(also)
     for key, value in metrics.items():
         if ("loss" in key or key in names) and not math.isfinite(value):
-            raise TrialError(f"non-finite {key} ({value}) at epoch {epoch}: training diverged")
+            raise DivergedError(f"non-finite {key} ({value}) at epoch {epoch}: training diverged")
 
 
 def _as_float(value: Any) -> float | None:

@@ -56,7 +56,7 @@ class Progress:
         detail = f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs is not None else ""
         if state == "COMPLETE" and trial.values:
             detail += f"  {self.metric} {trial.values[0]:.4f}"
-        if state == "FAIL":
+        if state == "FAIL" or trial.user_attrs.get("diverged"):
             detail += f"  reason: {trial.user_attrs.get('fail_reason', 'unknown')}"
         if trial.user_attrs.get("baseline"):
             detail += "  (baseline)"
@@ -469,12 +469,20 @@ def _status_text(study: Any, storage_url: str) -> str:
     if record is not None:
         lines.extend(summary_lines(record))
     failed = study.get_trials(deepcopy=False, states=(st.TrialState.FAIL,))
-    if failed:
-        lines.append("failed:")
-        for t in failed[-5:]:
-            lines.append(
-                f"  {t.number:>5}  {t.user_attrs.get('fail_reason', 'no reason recorded')}"
-            )
+    diverged = [
+        t for t in study.get_trials(deepcopy=False, states=(st.TrialState.PRUNED,))
+        if t.user_attrs.get("diverged")
+    ]
+    for title, trials in (
+        ("failed:", failed),
+        (f"diverged ({len(diverged)}, counted as pruned):", diverged),
+    ):
+        if trials:
+            lines.append(title)
+            for t in trials[-5:]:
+                lines.append(
+                    f"  {t.number:>5}  {t.user_attrs.get('fail_reason', 'no reason recorded')}"
+                )
     return "\n".join(lines)
 
 

@@ -1,7 +1,13 @@
 """One trial: sample, merge with the base hyp, train through the adapter, record, return.
 
 Failures never escape as anything but a FAIL trial with a stored reason (``fail_reason``), so the
-study goes on; a prune signal becomes ``optuna.TrialPruned``.
+study goes on; a prune signal becomes ``optuna.TrialPruned``. A diverged run (NaN or infinite
+loss or metric, :class:`trainer.base.DivergedError`) is a result of its hyps, not a broken
+setup: it is recorded as PRUNED at its last finite epoch with ``diverged: true`` and its
+``fail_reason``, so it counts towards the study's total, does not count as a failure for
+``max_failures`` (:class:`tuner.study.Budget` has a looser limit for it), and the sampler sees
+it as a poor trial (Optuna's samplers ignore FAIL trials and would keep drawing from a
+divergent region).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 import optuna
 import yaml
 
-from trainer.base import Adapter, Pruned, TrialError, TrialResult
+from trainer.base import Adapter, DivergedError, Pruned, TrialError, TrialResult
 from tuner.space import ParamSpec, StudyConfig
 
 EpochHook = Callable[[int, int, Mapping[str, float]], None]
@@ -44,13 +50,14 @@ def checked_metric(metric: str, epoch: int, metrics: Mapping[str, float]) -> flo
     """The objective metric of an epoch's report (shared by every backend's reporter).
 
     Raises:
-        TrialError: It is missing or not finite (a diverged run: stop that trial at once).
+        TrialError: It is missing.
+        DivergedError: It is not finite (stop that trial at once).
     """
     if metric not in metrics:
         raise TrialError(f"metric {metric!r} was not reported; got {', '.join(sorted(metrics))}")
     value = float(metrics[metric])
     if not math.isfinite(value):
-        raise TrialError(f"{metric} is {value} at epoch {epoch}")
+        raise DivergedError(f"{metric} is {value} at epoch {epoch}")
     return value
 
 
@@ -91,6 +98,11 @@ def failure_reason(exc: BaseException) -> str:
     if oom or "out of memory" in message.lower():
         reason = f"out of memory: {reason}"
     return reason[:2000]
+
+
+def diverged_attrs(exc: DivergedError) -> dict[str, Any]:
+    """The user attrs of a diverged trial (shared by every backend)."""
+    return {"diverged": True, "fail_reason": f"diverged: {exc}"}
 
 
 def reduce_metric(history: list[dict[str, float]], metric: str, direction: str, how: str) -> float:
@@ -168,6 +180,11 @@ class Objective:
         except Pruned as exc:
             self._record(trial, exc.result, time.perf_counter() - started)
             raise optuna.TrialPruned(str(exc)) from None
+        except DivergedError as exc:
+            self._record(trial, exc.result, time.perf_counter() - started)
+            for key, value in diverged_attrs(exc).items():
+                trial.set_user_attr(key, value)
+            raise optuna.TrialPruned(f"diverged: {exc}") from None
         except TrialError as exc:
             self._record(trial, exc.result, time.perf_counter() - started)
             trial.set_user_attr("fail_reason", str(exc))

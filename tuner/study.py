@@ -359,29 +359,57 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
+# A diverged trial is an outcome of its hyps, so it is no failure; but when this many times
+# ``max_failures`` trials diverge in a row, even after the sampler has seen the earlier ones,
+# the loss is more likely broken (NaN in the data, a bad loss scale) than the hyps.
+DIVERGED_FACTOR = 2
+
+
 class Budget:
-    """Counts failures in a row; the study's total is kept by :func:`run` itself.
+    """Counts failures (and divergences) in a row; the study's total is kept by :func:`run`.
 
     Finished means complete or pruned. The count is read from the storage, so trials of other
-    workers on the same study count too.
+    workers on the same study count too. The same counter serves every backend.
     """
 
     def __init__(self, n_trials: int, max_failures: int) -> None:
         self.n_trials = n_trials
         self.max_failures = max_failures
         self.failures_in_a_row = 0
-        self.stopped_for_failures = False
+        self.diverged_in_a_row = 0
+        self.stopped_for: str | None = None  # "failures" or "divergence"
+
+    @property
+    def stopped_for_failures(self) -> bool:
+        """The study must stop: too many failed (or diverged) trials in a row."""
+        return self.stopped_for is not None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL:
+        self.count(trial.state, bool(trial.user_attrs.get("diverged")))
+
+    def count(self, state: TrialState, diverged: bool = False) -> None:
+        """Count one finished trial."""
+        if state == TrialState.FAIL:
             self.failures_in_a_row += 1
-            if self.failures_in_a_row >= self.max_failures:
-                self.stopped_for_failures = True
-        else:
+        elif diverged:
             self.failures_in_a_row = 0
+            self.diverged_in_a_row += 1
+        else:
+            self.failures_in_a_row = self.diverged_in_a_row = 0
+        if self.failures_in_a_row >= self.max_failures:
+            self.stopped_for = "failures"
+        elif self.diverged_in_a_row >= DIVERGED_FACTOR * self.max_failures:
+            self.stopped_for = "divergence"
 
     def failure_error(self) -> StudyError:
         """The error that ends a study stopped by ``max_failures``."""
+        if self.stopped_for == "divergence":
+            return StudyError(
+                f"stopped after {DIVERGED_FACTOR * self.max_failures} diverged trials in a row "
+                "(NaN or infinite loss; the limit is 2 x --max-failures): with the sampler "
+                "steering away from diverging hyps, this points at the data or the loss; see "
+                "`tuner status`"
+            )
         return StudyError(
             f"stopped after {self.max_failures} failed trials in a row: the setup is broken, "
             "not the hyps; see the reasons with `tuner status` (raise the limit with "

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from tests.adapter_contract import AdapterContract, RecordingReporter
-from trainer.base import ConfigError, TrialError, get_adapter
+from trainer.base import ConfigError, DivergedError, get_adapter
 from trainer.torchvision import data
 from trainer.torchvision.adapter import TorchvisionAdapter
 from trainer.torchvision.settings import DEFAULT_HYP
@@ -116,7 +116,7 @@ def test_run_ignores_other_adapters_keys_and_writes_csv(make_adapter, tmp_path):
 
 
 def test_non_finite_loss_is_a_trial_error_with_result(make_adapter, tmp_path):
-    with pytest.raises(TrialError, match=r"non-finite loss at epoch \d+ batch \d+") as info:
+    with pytest.raises(DivergedError, match=r"non-finite loss at epoch \d+ batch \d+") as info:
         make_adapter().run({"lr0": 1e6, "warmup_epochs": 0.0}, RecordingReporter(), tmp_path)
     assert info.value.result is not None
     assert info.value.result.n_params_trainable

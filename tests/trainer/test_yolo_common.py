@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from trainer import detection_data
-from trainer.base import TrialError
+from trainer.base import DivergedError, TrialError
 from trainer.yolo_common import (
     YOLOV5_HYP,
     MetricsFollower,
@@ -73,7 +73,7 @@ def test_add_aliases_keeps_the_scripts_names():
 
 def test_check_losses():
     check_losses({"val/box_loss": 1.0, "mAP50": math.nan}, 0)  # mAP is not a loss
-    with pytest.raises(TrialError, match="non-finite train/box_loss"):
+    with pytest.raises(DivergedError, match="non-finite train/box_loss"):
         check_losses({"train/box_loss": math.inf}, 2)
     with pytest.raises(TrialError, match="fitness"):
         check_losses({"fitness": math.nan}, 0, also=("fitness",))

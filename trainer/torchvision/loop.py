@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trainer.base import Pruned, Reporter, TrialError, TrialResult
+from trainer.base import DivergedError, Pruned, Reporter, TrialError, TrialResult
 from trainer.torchvision.augment import Augmenter
 from trainer.torchvision.blocks import BlockModel
 from trainer.torchvision.data import TensorSet
@@ -326,7 +326,9 @@ def _train_epoch(
         loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
         value = loss.item()
         if not math.isfinite(value):
-            raise TrialError(f"non-finite loss at epoch {epoch} batch {batch} ({value})", result)
+            raise DivergedError(
+                f"non-finite loss at epoch {epoch} batch {batch} ({value})", result
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

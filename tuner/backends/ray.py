@@ -86,8 +86,8 @@ def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
     """
     import yaml
 
-    from trainer.base import TrialError, register_adapter
-    from tuner.objective import failure_reason, trial_values
+    from trainer.base import DivergedError, TrialError, register_adapter
+    from tuner.objective import diverged_attrs, failure_reason, trial_values
 
     params = dict(params)
     number = params.pop(TRIAL_KEY)
@@ -109,6 +109,10 @@ def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
         reporter = RayReporter(config.objective.primary.metric)
         result = adapter.run(hyp, reporter, trial_dir)
         summary = {"state": "COMPLETE", "values": trial_values(config, result)}
+    except DivergedError as exc:
+        # recorded as PRUNED, as by the optuna backend (tuner.objective)
+        result = exc.result
+        summary = {"state": "PRUNED", "diverged": diverged_attrs(exc)}
     except TrialError as exc:
         result = exc.result
         summary = {"state": "FAIL", "reason": str(exc)}
@@ -179,9 +183,7 @@ class StudySearch(OptunaSearch):
         self.job = job
         self.max_epochs = max_epochs
         self.n_total = job.config.search.n_trials
-        self.max_failures = job.config.search.max_failures
-        self.failures_in_a_row = 0
-        self.stopped_for_failures = False
+        self.budget = st.Budget(self.n_total, job.config.search.max_failures)
         self.history: dict[str, list[dict[str, float]]] = {}
         self.beats = st.Heartbeat(job.study)
 
@@ -197,7 +199,7 @@ class StudySearch(OptunaSearch):
         """Nothing to restore: re-run ``tuner search`` to resume from the study."""
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.stopped_for_failures:
+        if self.budget.stopped_for_failures:
             return Searcher.FINISHED
         with st.locked(self.job.lock):
             st.fail_stale_trials(self.job.study)
@@ -249,12 +251,8 @@ class StudySearch(OptunaSearch):
         from optuna.trial import TrialState
 
         self._ot_study.tell(ot_trial, values, state=TrialState[state])
-        if state == "FAIL":
-            self.failures_in_a_row += 1
-            self.stopped_for_failures = self.failures_in_a_row >= self.max_failures
-        else:
-            self.failures_in_a_row = 0
         frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+        self.budget(self._ot_study, frozen)
         for callback in self.job.on_trial:
             callback(self.job.study, frozen)
 
@@ -296,7 +294,7 @@ class StudySearch(OptunaSearch):
                     else "Ray trial ended before its first epoch"
                 )
         else:
-            attrs = summary["attrs"]
+            attrs = {**summary["attrs"], **summary.get("diverged", {})}
             state = summary["state"]
             if state == "FAIL":
                 attrs["fail_reason"] = summary["reason"]
@@ -451,8 +449,8 @@ def run(job: SearchJob) -> None:
             ray.shutdown()
     if interrupted:
         raise KeyboardInterrupt
-    if searcher.stopped_for_failures:
-        raise st.Budget(config.search.n_trials, config.search.max_failures).failure_error()
+    if searcher.budget.stopped_for_failures:
+        raise searcher.budget.failure_error()
     n_done = st.n_finished(job.study)
     if n_done < config.search.n_trials and config.search.timeout is None:
         raise StudyError(
