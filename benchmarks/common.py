@@ -45,6 +45,7 @@ QUICK = (
     "trainer.synthetic.n_val=48",
 )
 _extra: list[str] = []
+_trial_epochs: list[str] = []
 
 
 def set_quick(quick: bool) -> None:
@@ -52,11 +53,16 @@ def set_quick(quick: bool) -> None:
     _extra[:] = list(QUICK) if quick else []
 
 
+def set_trial_epochs(epochs: int | None) -> None:
+    """Train every task's trials for ``epochs`` epochs (None: the space's own 6)."""
+    _trial_epochs[:] = [] if epochs is None else [f"trainer.epochs={epochs}"]
+
+
 def task_overrides(name: str) -> list[str]:
     """The ``--set`` overrides that make the demo space into task ``name``."""
     if name not in TASKS:
         raise SystemExit(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
-    return [*TASKS[name], *_extra]
+    return [*TASKS[name], *_trial_epochs, *_extra]
 
 
 def load_task(name: str, overrides: Iterable[str] = ()):

@@ -21,7 +21,8 @@ trained and in the trainer's own seconds (``train_seconds``), pruned trials incl
 Time-to-target: per task and seed, target = 0.99 x the best value any method found; a
 method's compute-to-target is what it had spent when its best first reached the target.
 
-Run: ``python -m benchmarks.search [--tasks demo,fewshot] [--seeds 5] [--budget-epochs 60]``.
+Run: ``python -m benchmarks.search [--tasks demo,fewshot] [--seeds 5] [--budget-epochs 60]
+[--trial-epochs 6]`` (longer trials give pruning more room: Hyperband's rungs follow).
 Writes ``benchmarks/search.svg`` and the ``search`` section of RESULTS.md; prints the ratios
 last.
 """
@@ -45,6 +46,7 @@ from benchmarks.common import (
     load_task,
     prepared_adapter,
     set_quick,
+    set_trial_epochs,
     table,
     write_section,
 )
@@ -431,10 +433,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="demo,fewshot")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget-epochs", type=int, default=60)
+    parser.add_argument(
+        "--trial-epochs", type=int,
+        help="epochs of one full trial (default: the space's 6); Hyperband's range follows",
+    )
     parser.add_argument("--svg", help="plot path (default: benchmarks/<section>.svg)")
     add_common_flags(parser)
     args = parser.parse_args(argv)
     set_quick(args.quick)
+    set_trial_epochs(args.trial_epochs)
     if args.quick:
         args.tasks, args.seeds, args.budget_epochs = "demo", 2, 4
         args.svg = str(Path(tempfile.mkdtemp(prefix="bench-search-")) / "search.svg")
@@ -444,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     section = "search"
     if tasks != ["demo", "fewshot"] or args.budget_epochs != 60 or args.seeds != 5:
         section = f"search-{'-'.join(tasks)}-{args.budget_epochs}ep-{args.seeds}seeds"
+    if args.trial_epochs is not None:
+        section = f"{section}-{args.trial_epochs}ep-trials"
     args.svg = args.svg or str(ROOT / "benchmarks" / f"{section}.svg")
     from tuner import study as st
 
@@ -509,14 +518,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     Path(args.svg).write_text(svg_plot(panels))
+    trial_epochs = args.trial_epochs or load_task(tasks[0]).trainer.settings.get("epochs")
     body = "\n\n".join(
         [
             f"Budget per method and seed: {args.budget_epochs} training epochs (the last trial "
-            f"may overshoot); {args.seeds} search seeds; trainer seed fixed (so the freeze grid "
-            "is one run per task, shared by the seeds). Best = best val/acc of the method's "
-            "complete trials (median over seeds). Target per seed = "
-            f"{TARGET_FRACTION} x the best any method found at that seed; compute to target = "
-            "median over seeds (inf = not reached in most seeds).",
+            f"may overshoot); trials of {trial_epochs} epochs; {args.seeds} search seeds; "
+            "trainer seed fixed (so the freeze grid is one run per task, shared by the seeds). "
+            "Best = best val/acc of the method's complete trials (median over seeds). "
+            f"Target per seed = {TARGET_FRACTION} x the best any method found at that seed; "
+            "compute to target = median over seeds (inf = not reached in most seeds).",
             *sections,
             f"![best so far vs compute]({Path(args.svg).name})",
             "\n".join(f"- {line}" for line in ratio_lines),
