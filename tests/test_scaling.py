@@ -138,7 +138,17 @@ def test_postgres_two_workers(workdir):
         )
     import uuid
 
+    import sqlalchemy
+
     name = f"pg-{uuid.uuid4().hex[:8]}"
+    # a schema of its own, empty: both workers create Optuna's tables at once, as workers
+    # started together on a new database do (they raced in CREATE TABLE before the retry)
+    schema = f"t_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    url = f"{url}?options=-csearch_path%3D{schema}"
     space = write_space(workdir, n_trials=8, sleep=0.05)
     args = ["search", "--space", str(space), "--storage", url, "--study", name]
     # each machine gets its own seed, or both would sample the same startup trials

@@ -112,7 +112,7 @@ def open_storage(
             "heartbeat_stale_trial_callback": retry_stale_trial,
         }
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        storage = _rdb_storage(url, engine_kwargs, kwargs)
         if url.startswith("sqlite:"):
             _use_wal(storage)
         return storage
@@ -121,6 +121,29 @@ def open_storage(
     except Exception as exc:  # SQLAlchemy raises many types for bad URLs / unreachable hosts
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError("--storage", None, f"cannot open {url}: {first}") from None
+
+
+def _rdb_storage(
+    url: str, engine_kwargs: dict[str, Any], kwargs: dict[str, Any], attempts: int = 5
+) -> optuna.storages.RDBStorage:
+    """``RDBStorage``, retried while another worker creates the same fresh schema.
+
+    Workers started together on an empty PostgreSQL database race in ``CREATE TABLE``: the
+    loser gets a unique violation on the catalogue (``pg_type_typname_nsp_index``). Once the
+    winner has committed, the schema exists and a retry just opens it.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            text = str(exc).lower()
+            racing = "duplicate key" in text or "already exists" in text
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
