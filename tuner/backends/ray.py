@@ -175,6 +175,15 @@ def make_scheduler(config: Any, max_epochs: int | None) -> Any:
     )
 
 
+def _history_attrs(history: list[dict[str, float]], result: Mapping[str, Any]) -> dict[str, Any]:
+    """The user attrs of a trial that Ray ended before its summary: what the driver saw."""
+    return {
+        "epochs_run": len(history),
+        "train_seconds": round(float(result.get("time_total_s", 0.0)), 4),
+        "history": history,
+    }
+
+
 class StudySearch(OptunaSearch):
     """``OptunaSearch`` on the tuner's study, deciding trial states the tuner's way."""
 
@@ -271,21 +280,14 @@ class StudySearch(OptunaSearch):
             value = reduce_metric(
                 history, objective.primary.metric, objective.primary.direction, objective.reduce
             )
-            for key, item in {
-                "epochs_run": len(history),
-                "train_seconds": round(float(result.get("time_total_s", 0.0)), 4),
-                "history": history,
-                "stopped_at_last_epoch": True,  # so no summary: no parameter counts, memory
-            }.items():
+            # no summary, so no parameter counts or peak memory
+            attrs = {**_history_attrs(history, result), "stopped_at_last_epoch": True}
+            for key, item in attrs.items():
                 ot_trial.set_user_attr(key, item)
             return "COMPLETE", value
         if summary is None:
             # no summary: stopped by the scheduler (pruned), or the worker died
-            attrs = {
-                "epochs_run": len(history),
-                "train_seconds": round(float(result.get("time_total_s", 0.0)), 4),
-                "history": history,
-            }
+            attrs = _history_attrs(history, result)
             state = "FAIL" if error or not history else "PRUNED"
             if state == "FAIL":
                 attrs["fail_reason"] = (
