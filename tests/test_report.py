@@ -138,6 +138,24 @@ def test_curves_are_cut_where_pruned_trials_stopped(study):
     assert [c.baseline for c in curves.curves].count(True) == 1
 
 
+def test_a_diverged_trial_is_its_own_curve_group():
+    study = optuna.create_study(direction="maximize")
+    dist = {"freeze": IntDistribution(0, 5)}
+    for attrs in ({}, {"diverged": True, "fail_reason": "diverged: nan"}):
+        study.add_trial(create_trial(
+            state=TrialState.PRUNED, params={"freeze": 2}, distributions=dist,
+            intermediate_values={0: 0.4, 1: 0.5}, user_attrs={"epochs_run": 2, **attrs},
+        ))
+    curves = build_curves(study.trials, study_info(study))
+    assert [c.state for c in curves.curves] == ["PRUNED", "DIVERGED"]
+    assert [c.pruned for c in curves.curves] == [True, False]  # no "pruned here" cross
+    assert curves.curves[1].epochs == (0, 1)  # cut at its last finite epoch
+    from tuner.report.render import curves_figure
+
+    names = {trace.name for trace in curves_figure(curves).data}
+    assert "diverged (NaN/inf loss next)" in names
+
+
 def test_freeze_groups(study):
     view = build_freeze(study.trials, study_info(study))
     keys = [g.freeze for g in view.groups]

@@ -294,7 +294,8 @@ class Curve:
 
     Attributes:
         number: Trial number.
-        state: ``COMPLETE``, ``PRUNED`` or ``FAIL``.
+        state: ``COMPLETE``, ``PRUNED``, ``DIVERGED`` (a pruned trial whose loss went NaN or
+            infinite: cut at its last finite epoch) or ``FAIL``.
         epochs: Epochs reported.
         values: The metric at those epochs.
         baseline: True for the baseline trial.
@@ -339,8 +340,9 @@ def build_curves(trials: Sequence[FrozenTrial], info: StudyInfo) -> Curves:
         points = primary_curve(t, info.metric)
         if not points:
             continue
+        state = "DIVERGED" if t.user_attrs.get("diverged") else t.state.name
         curves.append(Curve(
-            t.number, t.state.name, tuple(e for e, _ in points), tuple(v for _, v in points),
+            t.number, state, tuple(e for e, _ in points), tuple(v for _, v in points),
             bool(t.user_attrs.get("baseline")), freeze_of(t),
         ))
     return Curves(info.metric, info.direction, info.max_epochs, tuple(curves))

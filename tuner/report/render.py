@@ -111,6 +111,7 @@ def curves_figure(curves: Curves) -> go.Figure:
         "COMPLETE": ("complete", {"color": BLUE, "width": 1.5}),
         "PRUNED": ("pruned (cut where stopped)", {"color": GREY, "width": 1.2, "dash": "dash"}),
         "FAIL": ("failed", {"color": RED, "width": 1.2, "dash": "dot"}),
+        "DIVERGED": ("diverged (NaN/inf loss next)", {"color": RED, "width": 1.2, "dash": "dash"}),
     }
     for c in curves.curves:
         group, line = styles.get(c.state, styles["COMPLETE"])
