@@ -8,6 +8,7 @@ resuming after an interrupt, failed runs, and what ``status`` and ``export`` say
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import yaml
 from tests.fakes import CurveAdapter
 from tuner import confirm as cf
 from tuner.cli import main
-from tuner.export import load_hyp, pick_trial
+from tuner.export import default_pick, load_hyp, pick_trial
 from tuner.space import load_space
 
 SPACE = """
@@ -61,8 +62,13 @@ def test_record_round_trips_through_json_and_ranks_by_fresh_mean():
     assert back == record
     assert back.confirmed == (4, 7, 0)
     assert back.complete and back.n_done == back.n_runs == 6
-    # minimise: trial 7 (0.35 on its one good run) beats trial 4 (mean 0.40)
-    assert cf.best_confirmed(back) == 7
+    # minimise: trial 7 scored 0.35 on its one good run, but its other run failed; trial 4
+    # (mean 0.40, both runs fine) is the safer pick
+    assert cf.best_confirmed(back) == 4
+    # without that failure, the better mean wins
+    clean = cf.ConfirmRecord(**{**back.__dict__, "runs": {**back.runs, 7: {1: 0.35, 2: 0.36}},
+                                "reasons": {}})
+    assert cf.best_confirmed(clean) == 7
     assert back.mean(4) == pytest.approx(0.40)
     text = "\n".join(cf.summary_lines(back))
     assert "baseline" in text and "picked" in text and "1 failed" in text
@@ -234,3 +240,83 @@ def test_ctrl_c_during_confirmation_exits_130_and_keeps_finished_runs(workdir, c
     assert main(["confirm", "--space", "c.yaml"]) == 0
     assert "(8 runs, 2 done earlier)" in capsys.readouterr().err
     assert cf.load_record(load()).complete
+
+
+def test_a_confirmation_overtaken_by_later_trials_is_not_the_default_pick(workdir, capsys):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml", "--confirm", "2"]) == 0
+    study = load()
+    assert default_pick(study).kind == "confirmed"
+    # a later trial (another worker, or a resumed search without --confirm) beats them all
+    best = study.best_trial
+    study.add_trial(optuna.trial.create_trial(
+        params=best.params, distributions=best.distributions, value=best.value + 1.0,
+        user_attrs={"hyp": best.user_attrs["hyp"]},
+    ))
+    assert default_pick(load()).kind == "best-metric"
+    assert pick_trial(load()).trial.number == len(study.trials) - 1
+
+
+def test_fresh_seeds_follow_the_seed_the_study_was_searched_with(workdir, capsys):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml", "--set", "trainer.seed=5"]) == 0
+    # confirm without the search's --set: the saved config still says seed 5
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1"]) == 0
+    assert cf.load_record(load()).seeds == (6, 7)
+
+
+def test_reasons_of_seeds_no_longer_confirmed_are_dropped(workdir, capsys):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml"]) == 0
+    config = load_space(workdir / "c.yaml")
+
+    def build(seeded):
+        adapter = seeded.make_adapter(workdir)
+        if adapter.settings.seed == 3:
+            def crash(hyp, reporter, trial_dir):
+                raise RuntimeError("seed 3 crashes")
+
+            adapter.run = crash
+        return adapter
+
+    adapter = config.make_adapter(workdir)
+    three = cf.run_confirm(load(), config, adapter, workdir / "out", 1, 3, print,
+                           make_adapter=build)
+    assert all(3 in three.reasons[t] for t in three.confirmed)
+    two = cf.run_confirm(load(), config, adapter, workdir / "out", 1, 2, print,
+                         make_adapter=build)
+    assert two.seeds == (1, 2) and two.complete
+    assert not any(two.reasons.values())
+    assert "failed" not in "\n".join(cf.summary_lines(two))
+
+
+@pytest.mark.slow
+def test_two_machines_confirm_once(workdir):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    space = SPACE.replace("noise: 0.3}", "noise: 0.3, sleep: 0.2}")
+    (workdir / "c.yaml").write_text(space)
+    assert main(["search", "--space", "c.yaml"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.run_tuner", "confirm", "--space", "c.yaml"],
+            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    errs = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        errs.append(err)
+    record = cf.load_record(load())
+    assert record.complete
+    # the study's lock: one process ran every run, the other found them done
+    n_ran = [len(re.findall(r"^confirm \d+/\d+: ", err, flags=re.M)) for err in errs]
+    assert sorted(n_ran) == [0, record.n_runs], errs
+    assert any(f"{record.n_runs} done earlier" in err for err in errs)

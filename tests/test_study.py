@@ -99,9 +99,9 @@ def test_budget_counts_failures_and_divergences_in_a_row():
     fail, pruned = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED
     budget.count(fail)
     budget.count(pruned, diverged=True)  # a divergence breaks a row of failures
-    budget.count(fail)
-    assert budget.failures_in_a_row == 1 and budget.diverged_in_a_row == 1
-    for _ in range(2):
+    budget.count(fail)  # ... and a failure a row of divergences
+    assert budget.failures_in_a_row == 1 and budget.diverged_in_a_row == 0
+    for _ in range(3):
         budget.count(pruned, diverged=True)
     assert budget.diverged_in_a_row == 3 and not budget.stopped_for_failures
     budget.count(pruned)  # an ordinary pruned trial: the loss is finite after all

@@ -5,8 +5,8 @@ For every trial it writes the full hyp file (every key ``train.py`` reads, see
 ``cwd=yolov5_dir`` in a process group of its own::
 
     PYTHON train.py --hyp H --freeze N --epochs E --data D --weights W --img S --batch-size B
-        --device X --project TRIAL_DIR --name trial_NNNN --exist-ok --seed SEED
-        [--cfg C] [--workers K] [--noplots] [extra_args...]
+        --device X --project TRIAL_DIR --name trial_NNNN --exist-ok
+        [--seed SEED] [--cfg C] [--workers K] [--noplots] [extra_args...]
 
 stdout/stderr go to ``TRIAL_DIR/train.log``. ``TRIAL_DIR/trial_NNNN/results.csv`` (one padded
 row per finished epoch) is followed as it grows and each row is reported as ``mAP50``,
@@ -77,7 +77,7 @@ class YoloV5Settings:
     epochs: int = 30
     device: str = ""
     workers: int | None = None
-    seed: int = 0
+    seed: int | None = None  # None: no --seed flag (train.py before v7.0 has none; default 0)
     python: str = sys.executable
     noplots: bool = True
     extra_args: tuple[str, ...] = ()
@@ -127,7 +127,7 @@ class YoloV5Adapter(Adapter):
             epochs=reader.integer("epochs", 30, minimum=1),
             device=reader.string("device", "", allow_empty=True),
             workers=reader.integer("workers", None, minimum=0),
-            seed=reader.integer("seed", 0, minimum=0),
+            seed=reader.integer("seed", None, minimum=0),
             python=reader.string("python", sys.executable),
             noplots=reader.boolean("noplots", True),
             extra_args=tuple(extra_args),
@@ -234,8 +234,9 @@ class YoloV5Adapter(Adapter):
             "--project", str(trial_dir),
             "--name", run_name(trial_dir),
             "--exist-ok",
-            "--seed", str(s.seed),
         ]
+        if s.seed is not None:
+            cmd += ["--seed", str(s.seed)]
         if s.cfg:
             cmd += ["--cfg", s.cfg]
         if s.workers is not None:

@@ -291,7 +291,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     confirm = config.search.confirm
     if confirm.top_k and st.best_trial(study) is not None:
         code = _confirm(study, config, adapter, out_dir, confirm.top_k, confirm.n_seeds, out,
-                        command)
+                        command, lock)
         if code:
             return code
     if config.objective.is_multi:
@@ -313,17 +313,24 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _confirm(
     study: Any, config: Any, adapter: Any, out_dir: Path, top_k: int, n_seeds: int, out: Path,
-    command: str,
+    command: str, lock: Any,
 ) -> int:
-    """Run (or resume) the confirmation; print its table. Returns 0, or 130 on Ctrl-C."""
+    """Run (or resume) the confirmation; print its table. Returns 0, or 130 on Ctrl-C.
+
+    It holds the study's slot lock: every machine of a multi-machine search reaches this
+    point, and the first one confirms while the others wait and then find nothing left to
+    run (or only the runs of a trial that finished after it and entered the top k).
+    """
+    from tuner import study as st
     from tuner.confirm import run_confirm, summary_lines
 
     err = sys.stderr
     try:
-        record = run_confirm(
-            study, config, adapter, out_dir, top_k, n_seeds,
-            say=lambda message: print(message, file=err, flush=True),
-        )
+        with st.locked(lock):
+            record = run_confirm(
+                study, config, adapter, out_dir, top_k, n_seeds,
+                say=lambda message: print(message, file=err, flush=True),
+            )
     except KeyboardInterrupt:
         print("\ninterrupted: finished confirmation runs are kept; `tuner confirm` resumes",
               file=err)
@@ -356,8 +363,9 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     study = _open_study(args)
     top_k = config.search.confirm.top_k or DEFAULT_TOP_K
     command = "tuner " + shlex.join(args.argv)
+    lock = st.slot_lock(storage_url, st._storage_of(study), config.study)
     code = _confirm(study, config, adapter, st.STUDIES_DIR / config.study, top_k,
-                    config.search.confirm.n_seeds, out, command)
+                    config.search.confirm.n_seeds, out, command, lock)
     if code:
         return code
     pick, _ = export(study, out, command=command)

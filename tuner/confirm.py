@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainer.base import Adapter, NullReporter
 from tuner.errors import InputError
-from tuner.objective import checked_metric, failure_reason, reduce_metric
+from tuner.objective import checked_metric, failure_reason, trial_values
 from tuner.space import StudyConfig, TrainerConfig
 
 ATTR = "confirm"
@@ -144,16 +144,24 @@ def load_record(study: optuna.Study) -> ConfirmRecord | None:
 def best_confirmed(record: ConfirmRecord) -> int | None:
     """The confirmed trial with the best mean over the fresh seeds (None: no run succeeded).
 
-    A trial whose runs partly failed is ranked on the runs that succeeded; a tie goes to the
-    trial with more successful runs, then to the better search value.
+    A trial with a failed (e.g. diverged) fresh run ranks below every trial whose runs all
+    succeeded: a config that breaks on another seed is no safe pick, whatever its other
+    runs scored. Among equals, the better mean wins, then more successful runs, then the
+    better search value.
     """
     sign = 1.0 if record.direction == "maximize" else -1.0
     scored = [
-        (sign * mean, len(record.values(t)), sign * record.search_values.get(t, -math.inf), t)
+        (
+            not record.reasons.get(t),
+            sign * mean,
+            len(record.values(t)),
+            sign * record.search_values.get(t, -math.inf),
+            t,
+        )
         for t in record.confirmed
         if (mean := record.mean(t)) is not None
     ]
-    return max(scored)[3] if scored else None
+    return max(scored)[-1] if scored else None
 
 
 def candidates(study: optuna.Study, top_k: int) -> tuple[list[FrozenTrial], FrozenTrial | None]:
@@ -191,8 +199,12 @@ def seeded_config(config: StudyConfig, setting: str, seed: int) -> StudyConfig:
     return dataclasses.replace(config, trainer=TrainerConfig(config.trainer.adapter, settings))
 
 
-def seed_of(adapter: Adapter, source: str) -> tuple[str, int]:
+def seed_of(adapter: Adapter, source: str, study: optuna.Study | None = None) -> tuple[str, int]:
     """The adapter's seed setting and the value the study's trials used.
+
+    The value comes from the config the study saved when it was created (a later
+    ``tuner confirm`` without the search's ``--set trainer.seed=...`` would otherwise take a
+    "fresh" seed that the search used), else from the adapter's settings.
 
     Raises:
         InputError: The adapter has no seed setting (nothing to vary).
@@ -202,7 +214,11 @@ def seed_of(adapter: Adapter, source: str) -> tuple[str, int]:
         raise InputError(
             source, "search.confirm", f"adapter {adapter.name!r} has no seed setting to vary"
         )
-    value = adapter.settings_dict().get(setting, 0)
+    saved = (study.user_attrs.get("config") or {}).get("trainer") if study is not None else None
+    if isinstance(saved, dict) and saved.get(setting) is not None:
+        value = saved[setting]
+    else:
+        value = adapter.settings_dict().get(setting, 0)
     return setting, int(value or 0)
 
 
@@ -237,7 +253,7 @@ def run_confirm(
         raise InputError(
             config.source, "search.confirm", "confirms single-objective studies only"
         )
-    setting, study_seed = seed_of(adapter, config.source)
+    setting, study_seed = seed_of(adapter, config.source, study)
     chosen, base = candidates(study, top_k)
     if not chosen:
         raise InputError("--study", None, f"study {study.study_name!r} has no complete trial yet")
@@ -254,7 +270,9 @@ def run_confirm(
         for t in trials
     }
     reasons: dict[int, dict[int, str]] = {
-        t.number: dict(old.reasons.get(t.number, {})) if keep else {} for t in trials
+        t.number: {s: m for s, m in (old.reasons.get(t.number, {}) if keep else {}).items()
+                   if s in seeds}
+        for t in trials
     }
     baseline = base.number if base is not None else None
 
@@ -292,9 +310,7 @@ def run_confirm(
         started = time.perf_counter()
         try:
             result = adapters[seed].run(trial_hyp(study, trial), _Finite(target.metric), run_dir)
-            value: float | None = reduce_metric(
-                result.history, target.metric, target.direction, config.objective.reduce
-            )
+            value: float | None = trial_values(config, result)[0]  # as the search scores it
             reasons[trial.number].pop(seed, None)
             shown = f"{target.metric} {value:.4g}"
         except KeyboardInterrupt:

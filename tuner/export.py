@@ -80,12 +80,15 @@ def parse_pick(text: str) -> PickRule:
 
 def default_pick(study: optuna.Study) -> PickRule:
     """``knee`` for a multi-objective study (the balanced trade); ``confirmed`` once a
-    confirmation (:mod:`tuner.confirm`) has finished every run; else ``best-metric``."""
+    confirmation (:mod:`tuner.confirm`) has finished every run and still covers the study's
+    best trial (trials added after it make it stale); else ``best-metric``."""
     if len(study.directions) > 1:
         return PickRule("knee")
     record = load_record(study)
     if record is not None and record.complete and best_confirmed(record) is not None:
-        return PickRule("confirmed")
+        best = best_trial(study)
+        if best is not None and best.number in record.confirmed:
+            return PickRule("confirmed")
     return PickRule("best-metric")
 
 

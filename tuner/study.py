@@ -414,6 +414,7 @@ class Budget:
         """Count one finished trial."""
         if state == TrialState.FAIL:
             self.failures_in_a_row += 1
+            self.diverged_in_a_row = 0
         elif diverged:
             self.failures_in_a_row = 0
             self.diverged_in_a_row += 1

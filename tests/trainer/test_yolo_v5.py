@@ -91,6 +91,9 @@ def test_command_line_is_exactly_as_documented(tmp_path, files):
         "--noplots",
         "--cos-lr",
     ]
+    # no seed setting, no --seed flag: train.py before YOLOv5 v7.0 does not know it
+    plain = make(tmp_path, files).build_command(directory / "h.yaml", 0, directory, files["data"])
+    assert "--seed" not in plain
 
 
 def test_reports_parsed_from_padded_csv(tmp_path, files):

@@ -836,7 +836,10 @@ def build_summary(trials: Sequence[FrozenTrial], info: StudyInfo) -> Summary:
         return float(value) if _finite(value) else 0.0
 
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    # diverged trials are PRUNED too, but the pruner did not stop them: no savings of its own
+    pruned = [
+        t for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get("diverged")
+    ]
     rates = [attr(t, "train_seconds") / attr(t, "epochs_run") for t in trials
              if attr(t, "epochs_run") > 0 and attr(t, "train_seconds") > 0]
     mean_rate = sum(rates) / len(rates) if rates else None
