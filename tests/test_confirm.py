@@ -46,6 +46,21 @@ def load() -> optuna.Study:
     return optuna.load_study(study_name="c", storage=URL)
 
 
+def crashing_on(seed: int, workdir: Path):
+    """A ``make_adapter`` for :func:`tuner.confirm.run_confirm` whose runs crash at ``seed``."""
+
+    def build(seeded):
+        adapter = seeded.make_adapter(workdir)
+        if adapter.settings.seed == seed:
+            def crash(hyp, reporter, trial_dir):
+                raise RuntimeError(f"simulated crash on seed {seed}")
+
+            adapter.run = crash
+        return adapter
+
+    return build
+
+
 def test_record_round_trips_through_json_and_ranks_by_fresh_mean():
     record = cf.ConfirmRecord(
         metric="val/loss",
@@ -161,16 +176,7 @@ def test_a_failing_confirmation_run_is_recorded_and_the_rest_go_on(workdir, caps
     (workdir / "c.yaml").write_text(SPACE)
     assert main(["search", "--space", "c.yaml"]) == 0
     config = load_space(workdir / "c.yaml")
-
-    def build(seeded):
-        adapter = seeded.make_adapter(workdir)
-        if adapter.settings.seed == 2:
-            def crash(hyp, reporter, trial_dir):
-                raise RuntimeError("simulated crash on seed 2")
-
-            adapter.run = crash
-        return adapter
-
+    build = crashing_on(2, workdir)
     record = cf.run_confirm(load(), config, config.make_adapter(workdir), workdir / "out", 2, 2,
                             print, make_adapter=build)
     assert record.complete
@@ -269,16 +275,7 @@ def test_reasons_of_seeds_no_longer_confirmed_are_dropped(workdir, capsys):
     (workdir / "c.yaml").write_text(SPACE)
     assert main(["search", "--space", "c.yaml"]) == 0
     config = load_space(workdir / "c.yaml")
-
-    def build(seeded):
-        adapter = seeded.make_adapter(workdir)
-        if adapter.settings.seed == 3:
-            def crash(hyp, reporter, trial_dir):
-                raise RuntimeError("seed 3 crashes")
-
-            adapter.run = crash
-        return adapter
-
+    build = crashing_on(3, workdir)
     adapter = config.make_adapter(workdir)
     three = cf.run_confirm(load(), config, adapter, workdir / "out", 1, 3, print,
                            make_adapter=build)
