@@ -213,6 +213,11 @@ def test_confirm_command_bad_input(workdir, capsys):
     code = main(["export", "--storage", URL, "--pick", "confirmed", "--out", "x.yaml"])
     assert code == 2
     assert "has not been confirmed; run `tuner confirm --space SPACE`" in capsys.readouterr().err
+    # an adapter with no seed to vary: nothing to confirm with, said before anything trains
+    (workdir / "n.yaml").write_text(SPACE.replace("adapter: curve,", "adapter: curve-noseed,"))
+    assert main(["confirm", "--space", "n.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "n.yaml: search.confirm: adapter 'curve-noseed' has no seed setting to vary" in err
 
 
 def test_ctrl_c_during_confirmation_exits_130_and_keeps_finished_runs(workdir, capsys,

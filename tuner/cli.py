@@ -344,20 +344,17 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from tuner import study as st
     from tuner.confirm import DEFAULT_TOP_K
     from tuner.export import export
+    from tuner.space import confirm_problem
 
     st.quiet_optuna()
     config = _load(args)
     storage_url = args.storage or st.default_storage(config.study)
     out = Path(args.out) if args.out else st.STUDIES_DIR / config.study / "best_hyp.yaml"
     _check_writable(out)
-    if config.objective.is_multi:
-        raise InputError(config.source, "objective", "tuner confirm needs a single objective")
     adapter = _adapter_checked(config)
-    if adapter.seed_setting is None:
-        raise InputError(
-            config.source, "trainer.adapter",
-            f"adapter {config.trainer.adapter!r} has no seed setting to vary",
-        )
+    problem = confirm_problem(config.objective.is_multi, adapter, config.trainer.adapter)
+    if problem:
+        raise InputError(config.source, "search.confirm", problem)
     args.study = config.study
     args.storage = storage_url
     study = _open_study(args)

@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trainer.base import Adapter, NullReporter
 from tuner.errors import InputError
 from tuner.objective import checked_metric, failure_reason, trial_values
-from tuner.space import StudyConfig, TrainerConfig
+from tuner.space import StudyConfig, TrainerConfig, confirm_problem
 
 ATTR = "confirm"
 # `tuner confirm` without --top-k, on a space that does not set search.confirm.top_k
@@ -249,10 +249,9 @@ def run_confirm(
     Raises:
         InputError: A multi-objective study, an adapter without a seed, or no complete trial.
     """
-    if config.objective.is_multi:
-        raise InputError(
-            config.source, "search.confirm", "confirms single-objective studies only"
-        )
+    problem = confirm_problem(config.objective.is_multi, adapter, adapter.name)
+    if problem:
+        raise InputError(config.source, "search.confirm", problem)
     setting, study_seed = seed_of(adapter, config.source, study)
     chosen, base = candidates(study, top_k)
     if not chosen:

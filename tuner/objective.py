@@ -182,9 +182,10 @@ class Objective:
             raise optuna.TrialPruned(str(exc)) from None
         except DivergedError as exc:
             self._record(trial, exc.result, time.perf_counter() - started)
-            for key, value in diverged_attrs(exc).items():
+            attrs = diverged_attrs(exc)
+            for key, value in attrs.items():
                 trial.set_user_attr(key, value)
-            raise optuna.TrialPruned(f"diverged: {exc}") from None
+            raise optuna.TrialPruned(attrs["fail_reason"]) from None
         except TrialError as exc:
             self._record(trial, exc.result, time.perf_counter() - started)
             trial.set_user_attr("fail_reason", str(exc))

@@ -376,6 +376,19 @@ def _parse_confirm(ctx: _Ctx, raw: Any) -> ConfirmConfig:
     return ConfirmConfig(top_k=top_k, n_seeds=n_seeds)
 
 
+def confirm_problem(is_multi: bool, adapter: Any, name: str) -> str | None:
+    """Why studies of this objective and adapter cannot be confirmed on fresh seeds, or None.
+
+    The one check behind ``search.confirm`` in a space, ``tuner confirm`` and
+    :func:`tuner.confirm.run_confirm`.
+    """
+    if is_multi:
+        return "confirms single-objective studies only"
+    if getattr(adapter, "seed_setting", None) is None:
+        return f"adapter {name!r} has no seed setting to vary"
+    return None
+
+
 def _load_yaml(path: Path, source: str, field_name: str | None = None) -> Any:
     try:
         text = path.read_text()
@@ -497,14 +510,9 @@ def load_space(
     base, base_file = _parse_base(ctx, raw.get("base"), path.parent)
     search = _parse_search(ctx, raw.get("search"))
     if search.confirm.top_k:
-        if objective.is_multi:
-            raise ctx.error(
-                "search.confirm", "confirms single-objective studies only (set top_k: 0)"
-            )
-        if getattr(adapter, "seed_setting", None) is None:
-            raise ctx.error(
-                "search.confirm", f"adapter {name!r} has no seed setting to vary (set top_k: 0)"
-            )
+        problem = confirm_problem(objective.is_multi, adapter, name)
+        if problem:
+            raise ctx.error("search.confirm", f"{problem} (set top_k: 0)")
 
     space_raw = ctx.mapping(raw.get("space"), "space")
     if not space_raw:

@@ -430,7 +430,8 @@ class Budget:
         if self.stopped_for == "divergence":
             return StudyError(
                 f"stopped after {DIVERGED_FACTOR * self.max_failures} diverged trials in a row "
-                "(NaN or infinite loss; the limit is 2 x --max-failures): with the sampler "
+                f"(NaN or infinite loss; the limit is {DIVERGED_FACTOR} x --max-failures): with "
+                "the sampler "
                 "steering away from diverging hyps, this points at the data or the loss; see "
                 "`tuner status`"
             )
