@@ -1,12 +1,16 @@
 """What every benchmark shares: the tasks, the machine line, the RESULTS.md sections.
 
 A *task* is the demo space (``spaces/demo.yaml``) with ``--set`` style overrides, so every
-benchmark runs the built-in trainer exactly as ``tuner search`` would. Two tasks:
+benchmark runs the built-in trainer exactly as ``tuner search`` would. Three tasks:
 
 * ``demo``: the offline demo study as shipped (ResNet-18 pretrained on the synthetic source
   task, 6 target classes, 300 training images, 32 px, 6 epochs per trial).
 * ``fewshot``: the same backbone on a harder target split (10 classes, 100 training images),
   where how much to freeze matters more.
+* ``fullspace``: fewshot's data and backbone, searched over all 19 hyp keys the built-in trainer
+  shares with YOLO (:data:`FULL_SPACE`: lrf, weight decay, warmup momentum, HSV, affine, flips,
+  mixup on top of the demo's eight), the space Ultralytics' ``model.tune()`` and YOLOv5's
+  ``--evolve`` search; most of it trains poorly, so it asks how fast a search leaves it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,32 @@ TASKS: dict[str, tuple[str, ...]] = {
         "trainer.synthetic.n_val=300",
     ),
 }
+# fullspace: fewshot's data, searched over every hyp key the built-in trainer shares with the
+# YOLO tuners, with Ultralytics ``Tuner``'s ranges for the keys the demo space leaves out (lr0
+# keeps the demo's log range; warmup_epochs the demo's, as trials are 6 epochs long)
+FULL_SPACE = {
+    "lrf": (0.01, 1.0),
+    "momentum": (0.6, 0.98),
+    "weight_decay": (0.0, 0.001),
+    "warmup_momentum": (0.0, 0.95),
+    "hsv_h": (0.0, 0.1),
+    "hsv_s": (0.0, 0.9),
+    "hsv_v": (0.0, 0.9),
+    "degrees": (0.0, 45.0),
+    "translate": (0.0, 0.9),
+    "scale": (0.0, 0.95),
+    "shear": (0.0, 10.0),
+    "flipud": (0.0, 1.0),
+    "fliplr": (0.0, 1.0),
+    "mixup": (0.0, 1.0),
+}
+TASKS["fullspace"] = (
+    *TASKS["fewshot"],
+    *(
+        f"space.{key}={{type: float, low: {lo}, high: {hi}}}"
+        for key, (lo, hi) in FULL_SPACE.items()
+    ),
+)
 
 
 # --quick: tiny trainer settings for smoke runs (tests), applied to every task

@@ -199,3 +199,34 @@ def test_matching_ratio_reads_a_fixed_target():
     rival = run_of([0.5, 0.6, 0.7])  # reaches its final 0.7 after 18 epochs
     assert matching_ratio(rival, run_of([0.7])) == 3.0  # tuner matched it after 6
     assert matching_ratio(rival, run_of([0.65, 0.66])) == 0.0  # never matched
+
+
+def test_reduced_budget_gives_tuner_a_quarter_and_the_rivals_all():
+    from benchmarks.search import reduced_budget_ratios, truncated
+
+    assert truncated(run_of([0.1, 0.2, 0.3, 0.4]), 12).values == [0.1, 0.2]
+    # tuner finds 0.845 in its 2nd trial (12 ep) and 0.9 only after its quarter (24 ep): the
+    # target is 0.99 x random's 0.85, which random reaches after 36 epochs = 3x tuner's 12
+    tuner = run_of([0.5, 0.845, 0.845, 0.845, 0.9])
+    random_run = run_of([0.1, 0.2, 0.3, 0.3, 0.3, 0.85, 0.3, 0.3])
+    genetic = run_of([0.5] * 8)  # never there: the lower bound, 48 / 12 = 4x
+    ratios = reduced_budget_ratios(
+        {"tuner": [tuner], "random": [random_run], "genetic": [genetic]}, 48, 4
+    )
+    assert ratios == {"random": [3.0], "genetic": [4.0]}
+    # the freeze grid raises the target (tuner misses it: 0) but gets no ratio of its own
+    grid = run_of([0.95])
+    ratios = reduced_budget_ratios(
+        {"tuner": [tuner], "random": [random_run], "freeze-grid": [grid]}, 48, 4
+    )
+    assert ratios == {"random": [0.0]}
+
+
+def test_fullspace_task_searches_the_yolo_tuner_keys_on_fewshot_data():
+    config = common.load_task("fullspace")
+    fewshot = common.load_task("fewshot")
+    assert config.trainer.settings == fewshot.trainer.settings
+    assert set(fewshot.space) < set(config.space)
+    for key, (low, high) in common.FULL_SPACE.items():
+        assert (config.space[key].low, config.space[key].high) == (low, high)
+    assert config.space["lr0"] == fewshot.space["lr0"]  # the demo's log range is kept
