@@ -57,6 +57,8 @@ from benchmarks.common import (
 from benchmarks.genetic import Gene, GeneticSearch
 
 METHODS = ("tuner", "random", "genetic", "freeze-grid")
+# the methods tuner's compute is compared with (the freeze grid has a fixed size)
+RIVALS = ("random", "genetic")
 FREEZE_KEYS = ("freeze", "unfreeze_epoch", "lr_decay")
 TARGET_FRACTION = 0.99
 # the issue's factor: tuner should need at most 1/QUARTER of a rival's compute
@@ -353,7 +355,7 @@ def truncated(run: Run, budget: float) -> Run:
 
 
 def reduced_budget_ratios(
-    runs: Mapping[str, Sequence[Run]], budget: float, factor: float = 4.0
+    runs: Mapping[str, Sequence[Run]], budget: float, factor: float = QUARTER
 ) -> dict[str, list[float]]:
     """The issue's claim tested head-on: tuner gets ``budget / factor`` epochs, every other
     method the whole ``budget``.
@@ -361,15 +363,15 @@ def reduced_budget_ratios(
     Per seed, target = 0.99 x the best any of them found so (tuner's best in its short run, the
     rivals' in their full ones); a rival's ratio is its epochs to that target over tuner's. A
     rival that never reached it gets the lower bound (epochs it spent) / tuner's, which is at
-    least ``factor``. 0 where tuner missed the target within its share. Methods of a fixed
-    size (the freeze grid) count for the target only.
+    least ``factor``. 0 where tuner missed the target within its share. Methods other than
+    :data:`RIVALS` (the freeze grid) count for the target only.
 
     Returns:
         Rival method -> one ratio per seed.
     """
     n_seeds = len(runs["tuner"])
     short = [truncated(r, budget / factor) for r in runs["tuner"]]
-    out: dict[str, list[float]] = {m: [] for m in runs if m in ("random", "genetic")}
+    out: dict[str, list[float]] = {m: [] for m in runs if m in RIVALS}
     for i in range(n_seeds):
         target = TARGET_FRACTION * max(
             short[i].best(), *(runs[m][i].best() for m in runs if m != "tuner")
@@ -549,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         sections.append(f"**{task}**\n\n{table(header, rows)}")
         for s in summaries:
-            if s.method in ("genetic", "random"):
+            if s.method in RIVALS:
                 verdict = verdict_text(s, ref, args.budget_epochs)
                 ratio_lines.append(f"{task}: {s.method} {verdict}")
                 per_seed = [
