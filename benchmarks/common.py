@@ -38,11 +38,11 @@ TASKS: dict[str, tuple[str, ...]] = {
     ),
 }
 # fullspace: fewshot's data, searched over every hyp key the built-in trainer shares with the
-# YOLO tuners, with Ultralytics ``Tuner``'s ranges for the keys the demo space leaves out (lr0
-# keeps the demo's log range; warmup_epochs the demo's, as trials are 6 epochs long)
+# YOLO tuners, with Ultralytics ``Tuner``'s ranges for the keys the demo space leaves out and
+# for fliplr and scale, which it narrows (lr0, momentum and warmup_epochs keep the demo's
+# ranges: a log lr0, and warmup that fits 6-epoch trials)
 FULL_SPACE = {
     "lrf": (0.01, 1.0),
-    "momentum": (0.6, 0.98),
     "weight_decay": (0.0, 0.001),
     "warmup_momentum": (0.0, 0.95),
     "hsv_h": (0.0, 0.1),
