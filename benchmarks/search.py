@@ -27,13 +27,22 @@ with all of it: the rivals' epochs to 99% of the best any of them found, over tu
 
 Run: ``python -m benchmarks.search [--tasks demo,fewshot] [--seeds 5] [--budget-epochs 60]
 [--trial-epochs 6]`` (longer trials give pruning more room: Hyperband's rungs follow).
-Writes ``benchmarks/search.svg`` and the ``search`` section of RESULTS.md; prints the ratios
-last.
+Writes ``benchmarks/search.svg``, every trial's compute and value as
+``benchmarks/<section>.runs.json`` (so a reading can be recomputed without training) and the
+``search`` section of RESULTS.md; prints the ratios last.
+
+A tuner setting is compared without retraining the rivals: ``--reuse RUNS.json`` takes every
+method but tuner from an earlier run of the same tasks, seeds, budget and trial length, and
+``--tuner-set KEY=VALUE`` (repeatable, ``--set`` syntax) changes tuner's study, e.g.
+``--tuner-set "search.sampler={name: tpe, args: {n_startup_trials: 3}}"``; such a run gets its
+own section (``--label`` names it).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import statistics
 import tempfile
@@ -104,6 +113,53 @@ class Run:
     def best(self) -> float:
         found = [v for v in self.values if v is not None]
         return max(found) if found else -math.inf
+
+    def to_dict(self) -> dict[str, list]:
+        return {"epochs": self.epochs, "seconds": self.seconds, "values": self.values}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Sequence]) -> Run:
+        return cls(list(data["epochs"]), list(data["seconds"]), list(data["values"]))
+
+
+RunsByTask = dict[str, dict[str, list[Run]]]
+
+
+def save_runs(path: Path, runs: RunsByTask, settings: Mapping[str, object]) -> None:
+    """Every trial's epochs, seconds and value (null: pruned or failed), with the settings that
+    must match for :func:`load_runs` to reuse them."""
+    data = {
+        "settings": dict(settings),
+        "runs": {
+            task: {method: [r.to_dict() for r in seeds] for method, seeds in by_method.items()}
+            for task, by_method in runs.items()
+        },
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def load_runs(path: Path, settings: Mapping[str, object]) -> RunsByTask:
+    """The runs :func:`save_runs` wrote, checked against this run's settings.
+
+    Raises:
+        SystemExit: The file is missing, malformed or from a run with other settings.
+    """
+    try:
+        data = json.loads(path.read_text())
+        saved = data["settings"]
+        runs = {
+            task: {m: [Run.from_dict(r) for r in seeds] for m, seeds in by_method.items()}
+            for task, by_method in data["runs"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--reuse {path}: not a runs file of benchmarks.search ({exc})") from None
+    for key, value in settings.items():
+        if saved.get(key) != value:
+            raise SystemExit(
+                f"--reuse {path}: {key} is {saved.get(key)!r} there, {value!r} here; "
+                "rerun with the same settings"
+            )
+    return runs
 
 
 def compute_to_target(curve: Sequence[tuple[float, float]], target: float) -> float:
@@ -181,8 +237,14 @@ def _fresh_features() -> None:
     features.store().clear()
 
 
-def run_optuna(task: str, seed: int, budget: int, method: str, work: Path) -> Run:
-    """``tuner`` or ``random``: a real study through the tool's Objective on SQLite."""
+def run_optuna(
+    task: str, seed: int, budget: int, method: str, work: Path, extra: Sequence[str] = ()
+) -> Run:
+    """``tuner`` or ``random``: a real study through the tool's Objective on SQLite.
+
+    Args:
+        extra: More ``--set`` style overrides of the study, applied last (``--tuner-set``).
+    """
     import optuna
 
     _fresh_features()
@@ -204,7 +266,9 @@ def run_optuna(task: str, seed: int, budget: int, method: str, work: Path) -> Ru
             "search.pruner={name: none}",
             "search.baseline=false",
         ]
-    config = load_task(task, [*overrides, f"search.seed={seed}", f"study={method}-{seed}"])
+    config = load_task(
+        task, [*overrides, *extra, f"search.seed={seed}", f"study={method}-{seed}"]
+    )
     storage = st.open_storage(f"sqlite:///{work / f'{method}-{seed}.db'}")
     study = st.create_or_load(config, storage, {}, "benchmarks.search")
     base_hyp = config.base_hyp(adapter)
@@ -493,6 +557,16 @@ def main(argv: list[str] | None = None) -> int:
         help="epochs of one full trial (default: the space's 6); Hyperband's range follows",
     )
     parser.add_argument("--svg", help="plot path (default: benchmarks/<section>.svg)")
+    parser.add_argument(
+        "--reuse", metavar="RUNS.json",
+        help="take every method but tuner from this runs file of an earlier run (same tasks, "
+        "seeds, budget and trial length); only tuner trains",
+    )
+    parser.add_argument(
+        "--tuner-set", action="append", default=[], metavar="KEY=VALUE",
+        help="override of tuner's study (--set syntax), after the benchmark's own; repeatable",
+    )
+    parser.add_argument("--label", help="section suffix of a --tuner-set run (default: a hash)")
     add_common_flags(parser)
     args = parser.parse_args(argv)
     set_quick(args.quick)
@@ -508,26 +582,52 @@ def main(argv: list[str] | None = None) -> int:
         section = f"search-{'-'.join(tasks)}-{args.budget_epochs}ep-{args.seeds}seeds"
     if args.trial_epochs is not None:
         section = f"{section}-{args.trial_epochs}ep-trials"
+    if args.tuner_set:
+        label = args.label or hashlib.sha1("\n".join(args.tuner_set).encode()).hexdigest()[:8]
+        section = f"{section}-tuner-{label}"
     args.svg = args.svg or str(ROOT / "benchmarks" / f"{section}.svg")
+    trial_epochs = args.trial_epochs or load_task(tasks[0]).trainer.settings.get("epochs")
+    settings = {
+        "budget_epochs": args.budget_epochs,
+        "seeds": args.seeds,
+        "trial_epochs": trial_epochs,
+        "quick": args.quick,
+    }
+    reused: RunsByTask = {}
+    if args.reuse:
+        reused = load_runs(Path(args.reuse), settings)
+        missing = [t for t in tasks if t not in reused]
+        if missing:
+            raise SystemExit(f"--reuse {args.reuse}: has no runs of task {', '.join(missing)}")
     from tuner import study as st
 
     st.quiet_optuna()
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))
     started = time.perf_counter()
-    all_runs: dict[str, dict[str, list[Run]]] = {}
+    all_runs: RunsByTask = {}
     for task in tasks:
         print(f"task {task}:", flush=True)
-        grid = run_freeze_grid(task, work / task)
         runs: dict[str, list[Run]] = {m: [] for m in METHODS}
+        if task in reused:
+            runs.update({m: reused[task][m] for m in METHODS if m != "tuner"})
+        grid = None if task in reused else run_freeze_grid(task, work / task)
         for seed in range(args.seeds):
             # methods interleaved per seed, so machine noise hits them alike
-            runs["tuner"].append(run_optuna(task, seed, args.budget_epochs, "tuner", work / task))
+            runs["tuner"].append(
+                run_optuna(
+                    task, seed, args.budget_epochs, "tuner", work / task, args.tuner_set
+                )
+            )
+            if task in reused:
+                continue
             runs["random"].append(
                 run_optuna(task, seed, args.budget_epochs, "random", work / task)
             )
             runs["genetic"].append(run_genetic(task, seed, args.budget_epochs, work / task))
             runs["freeze-grid"].append(grid)
         all_runs[task] = runs
+    runs_path = Path(args.svg).with_suffix(".runs.json")
+    save_runs(runs_path, all_runs, settings)
 
     sections, ratio_lines, panels = [], [], []
     for task, runs in all_runs.items():
@@ -589,9 +689,21 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     Path(args.svg).write_text(svg_plot(panels))
-    trial_epochs = args.trial_epochs or load_task(tasks[0]).trainer.settings.get("epochs")
+    provenance = []
+    if args.tuner_set:
+        provenance.append(
+            "tuner's study with "
+            + ", ".join(f"`{o}`" for o in args.tuner_set)
+            + " on top of the benchmark's own settings."
+        )
+    if args.reuse:
+        provenance.append(
+            f"random, genetic and the freeze grid: the runs in `{Path(args.reuse).name}` "
+            "(not retrained)."
+        )
     body = "\n\n".join(
         [
+            *provenance,
             f"Budget per method and seed: {args.budget_epochs} training epochs (the last trial "
             f"may overshoot); trials of {trial_epochs} epochs; {args.seeds} search seeds; "
             "trainer seed fixed (so the freeze grid is one run per task, shared by the seeds). "
@@ -599,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Target per seed = {TARGET_FRACTION} x the best any method found at that seed; "
             "compute to target = median over seeds (inf = not reached in most seeds).",
             *sections,
-            f"![best so far vs compute]({Path(args.svg).name})",
+            f"![best so far vs compute]({Path(args.svg).name}); every trial: "
+            f"`{runs_path.name}`",
             "\n".join(f"- {line}" for line in ratio_lines),
             f"Total benchmark time: {(time.perf_counter() - started) / 60:.1f} min.",
         ]
@@ -608,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     write_section(section, title, body)
     for section in sections:
         print(section)
+    print(f"every trial: {runs_path}")
     print("ratios:")
     for line in ratio_lines:
         print(" ", line)

@@ -7,6 +7,7 @@ import math
 import statistics
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +178,48 @@ def test_each_benchmark_runs_end_to_end_quick(name, workdir, capsys):
     assert "ratios:" in out  # ...the ratios, after the progress
     assert (common.RESULTS.read_text() if common.RESULTS.exists() else None) == before
     assert (svg.read_bytes() if svg.exists() else None) == svg_before
+
+
+def test_runs_file_round_trips_and_is_only_reused_with_the_same_settings(tmp_path):
+    from benchmarks.search import load_runs, save_runs
+
+    settings = {"budget_epochs": 12, "seeds": 1, "trial_epochs": 6, "quick": False}
+    runs = {"demo": {"tuner": [run_of([0.5, None])], "random": [run_of([0.4], seconds=2.5)]}}
+    path = tmp_path / "x.runs.json"
+    save_runs(path, runs, settings)
+    back = load_runs(path, settings)
+    assert back["demo"]["tuner"][0].values == [0.5, None]
+    assert back["demo"]["random"][0].seconds == [2.5]
+    with pytest.raises(SystemExit, match="budget_epochs is 12 there, 24 here"):
+        load_runs(path, {**settings, "budget_epochs": 24})
+    path.write_text("{not json")
+    with pytest.raises(SystemExit, match="not a runs file"):
+        load_runs(path, settings)
+
+
+@pytest.mark.slow
+def test_reuse_trains_only_tuner_and_keeps_the_rivals_runs(workdir, capsys):
+    """A tuner-setting comparison: the rivals come from the first run's runs file as they are."""
+    import json
+    import re
+
+    from benchmarks import search
+
+    try:
+        assert search.main(["--quick"]) == 0
+        first = Path(re.search(r"every trial: (\S+)", capsys.readouterr().out)[1])
+        args = ["--quick", "--reuse", str(first), "--tuner-set", "search.sampler={name: random}"]
+        assert search.main(args) == 0
+    finally:
+        common.set_quick(False)
+    out = capsys.readouterr().out
+    assert " tuner seed 1 " in out
+    assert " random seed " not in out and "genetic seed" not in out  # not retrained
+    second = Path(re.search(r"every trial: (\S+)", out)[1])
+    old, new = (json.loads(p.read_text())["runs"]["demo"] for p in (first, second))
+    assert new["random"] == old["random"] and new["genetic"] == old["genetic"]
+    assert new["freeze-grid"] == old["freeze-grid"]
+    assert len(new["tuner"]) == 2 and all(r["epochs"] for r in new["tuner"])
 
 
 def test_verdict_only_claims_what_the_budget_shows():
