@@ -35,7 +35,8 @@ A tuner setting is compared without retraining the rivals: ``--reuse RUNS.json``
 method but tuner from an earlier run of the same tasks, seeds, budget and trial length, and
 ``--tuner-set KEY=VALUE`` (repeatable, ``--set`` syntax) changes tuner's study, e.g.
 ``--tuner-set "search.sampler={name: tpe, args: {n_startup_trials: 3}}"``; such a run gets its
-own section (``--label`` names it).
+own section (``--label`` names it). ``--first-seed N`` runs search seeds N.. instead of 0..,
+to check on fresh seeds what a comparison on the first ones suggested.
 """
 
 from __future__ import annotations
@@ -551,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="demo,fewshot")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--first-seed", type=int, default=0,
+        help="search seeds first-seed .. first-seed+seeds-1 (fresh seeds check a finding)",
+    )
     parser.add_argument("--budget-epochs", type=int, default=60)
     parser.add_argument(
         "--trial-epochs", type=int,
@@ -582,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         section = f"search-{'-'.join(tasks)}-{args.budget_epochs}ep-{args.seeds}seeds"
     if args.trial_epochs is not None:
         section = f"{section}-{args.trial_epochs}ep-trials"
+    if args.first_seed:
+        section = f"{section}-from-seed-{args.first_seed}"
     if args.tuner_set:
         label = args.label or hashlib.sha1("\n".join(args.tuner_set).encode()).hexdigest()[:8]
         section = f"{section}-tuner-{label}"
@@ -590,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "budget_epochs": args.budget_epochs,
         "seeds": args.seeds,
+        "first_seed": args.first_seed,
         "trial_epochs": trial_epochs,
         "quick": args.quick,
     }
@@ -611,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         if task in reused:
             runs.update({m: reused[task][m] for m in METHODS if m != "tuner"})
         grid = None if task in reused else run_freeze_grid(task, work / task)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             # methods interleaved per seed, so machine noise hits them alike
             runs["tuner"].append(
                 run_optuna(
@@ -705,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         [
             *provenance,
             f"Budget per method and seed: {args.budget_epochs} training epochs (the last trial "
-            f"may overshoot); trials of {trial_epochs} epochs; {args.seeds} search seeds; "
+            f"may overshoot); trials of {trial_epochs} epochs; {args.seeds} search seeds "
+            f"({args.first_seed}-{args.first_seed + args.seeds - 1}); "
             "trainer seed fixed (so the freeze grid is one run per task, shared by the seeds). "
             "Best = best val/acc of the method's complete trials (median over seeds). "
             f"Target per seed = {TARGET_FRACTION} x the best any method found at that seed; "

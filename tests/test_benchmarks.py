@@ -183,7 +183,7 @@ def test_each_benchmark_runs_end_to_end_quick(name, workdir, capsys):
 def test_runs_file_round_trips_and_is_only_reused_with_the_same_settings(tmp_path):
     from benchmarks.search import load_runs, save_runs
 
-    settings = {"budget_epochs": 12, "seeds": 1, "trial_epochs": 6, "quick": False}
+    settings = {"budget_epochs": 12, "seeds": 1, "first_seed": 0, "trial_epochs": 6}
     runs = {"demo": {"tuner": [run_of([0.5, None])], "random": [run_of([0.4], seconds=2.5)]}}
     path = tmp_path / "x.runs.json"
     save_runs(path, runs, settings)
@@ -209,6 +209,8 @@ def test_reuse_trains_only_tuner_and_keeps_the_rivals_runs(workdir, capsys):
         assert search.main(["--quick"]) == 0
         first = Path(re.search(r"every trial: (\S+)", capsys.readouterr().out)[1])
         args = ["--quick", "--reuse", str(first), "--tuner-set", "search.sampler={name: random}"]
+        with pytest.raises(SystemExit, match="first_seed is 0 there, 3 here"):
+            search.main([*args, "--first-seed", "3"])  # other seeds: refused before training
         assert search.main(args) == 0
     finally:
         common.set_quick(False)
