@@ -199,21 +199,16 @@ def seeded_config(config: StudyConfig, setting: str, seed: int) -> StudyConfig:
     return dataclasses.replace(config, trainer=TrainerConfig(config.trainer.adapter, settings))
 
 
-def seed_of(adapter: Adapter, source: str, study: optuna.Study | None = None) -> tuple[str, int]:
+def seed_of(adapter: Adapter, study: optuna.Study | None = None) -> tuple[str, int]:
     """The adapter's seed setting and the value the study's trials used.
 
     The value comes from the config the study saved when it was created (a later
     ``tuner confirm`` without the search's ``--set trainer.seed=...`` would otherwise take a
-    "fresh" seed that the search used), else from the adapter's settings.
-
-    Raises:
-        InputError: The adapter has no seed setting (nothing to vary).
+    "fresh" seed that the search used), else from the adapter's settings. The adapter must
+    have a seed setting: :func:`tuner.space.confirm_problem` says so before this is called.
     """
     setting = adapter.seed_setting
-    if setting is None:
-        raise InputError(
-            source, "search.confirm", f"adapter {adapter.name!r} has no seed setting to vary"
-        )
+    assert setting is not None, "checked by confirm_problem"
     saved = (study.user_attrs.get("config") or {}).get("trainer") if study is not None else None
     if isinstance(saved, dict) and saved.get(setting) is not None:
         value = saved[setting]
@@ -252,7 +247,7 @@ def run_confirm(
     problem = confirm_problem(config.objective.is_multi, adapter, adapter.name)
     if problem:
         raise InputError(config.source, "search.confirm", problem)
-    setting, study_seed = seed_of(adapter, config.source, study)
+    setting, study_seed = seed_of(adapter, study)
     chosen, base = candidates(study, top_k)
     if not chosen:
         raise InputError("--study", None, f"study {study.study_name!r} has no complete trial yet")
