@@ -4,8 +4,9 @@ Same trainer, task and compute budget for every method (issue section 1). For ea
 seed, each method trains trials until it has spent ``--budget-epochs`` training epochs:
 
 * ``tuner``: the tool's own path (space file -> study on SQLite -> :class:`Objective`), the
-  space's TPE sampler with the seed, Hyperband pruning over epochs, freeze in the space,
-  the baseline enqueued first;
+  space's sampler with the seed (the default, a Gaussian process that learns from pruned
+  trials, since 2026-12-01; multivariate TPE before, which the older sections measured),
+  Hyperband pruning over epochs, freeze in the space, the baseline enqueued first;
 * ``random``: Optuna's random sampler, no pruning, same space and same path;
 * ``genetic``: :mod:`benchmarks.genetic` (YOLOv5 ``--evolve`` / Ultralytics ``Tuner`` rules)
   over the same keys minus the freeze-strategy keys (``freeze``, ``unfreeze_epoch``,
@@ -35,7 +36,8 @@ A tuner setting is compared without retraining the rivals: ``--reuse RUNS.json``
 method but tuner from an earlier run of the same tasks, seeds, budget and trial length, and
 ``--tuner-set KEY=VALUE`` (repeatable, ``--set`` syntax) changes tuner's study, e.g.
 ``--tuner-set "search.sampler={name: tpe, args: {n_startup_trials: 3}}"``; such a run gets its
-own section (``--label`` names it). ``--first-seed N`` runs search seeds N.. instead of 0..,
+own section (``--label`` names it; ``--label`` alone names the section of a ``--reuse`` run
+after tuner's own defaults changed). ``--first-seed N`` runs search seeds N.. instead of 0..,
 to check on fresh seeds what a comparison on the first ones suggested.
 """
 
@@ -571,7 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tuner-set", action="append", default=[], metavar="KEY=VALUE",
         help="override of tuner's study (--set syntax), after the benchmark's own; repeatable",
     )
-    parser.add_argument("--label", help="section suffix of a --tuner-set run (default: a hash)")
+    parser.add_argument(
+        "--label",
+        help="section suffix '-tuner-LABEL' of a --tuner-set run (default: a hash of the "
+        "settings) or of a --reuse run after tuner's own defaults changed",
+    )
     add_common_flags(parser)
     args = parser.parse_args(argv)
     set_quick(args.quick)
@@ -589,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         section = f"{section}-{args.trial_epochs}ep-trials"
     if args.first_seed:
         section = f"{section}-from-seed-{args.first_seed}"
-    if args.tuner_set:
+    if args.tuner_set or args.label:
         label = args.label or hashlib.sha1("\n".join(args.tuner_set).encode()).hexdigest()[:8]
         section = f"{section}-tuner-{label}"
     args.svg = args.svg or str(ROOT / "benchmarks" / f"{section}.svg")

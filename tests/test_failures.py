@@ -140,16 +140,20 @@ def test_diverged_trials_are_pruned_with_their_reason(workdir, capsys):
     assert "failed:" not in status
 
 
-def test_a_diverging_region_neither_stops_the_study_nor_keeps_being_drawn(workdir, capsys):
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_a_diverging_region_neither_stops_the_study_nor_keeps_being_drawn(
+    workdir, capsys, sampler
+):
     # The curve's optimum (lr0 0.03) lies beyond the cliff at lr0 0.01, as a good lr often
-    # does. Trials that *fail* there are invisible to TPE, which keeps drawing towards the
-    # optimum until max_failures ends the study; *diverged* trials are pruned ones that it
-    # learns from. Same seed, same space.
+    # does. Trials that *fail* there are invisible to the sampler, which keeps drawing towards
+    # the optimum until max_failures ends the study; *diverged* trials are pruned ones that it
+    # learns from (TPE ranks them below every trial that got further, the GP counts them at the
+    # worst value seen). Same seed, same space.
     def search(setting: str) -> tuple[int, optuna.Study]:
         space = SPACE.format(setting=setting).replace("high: 1.0e-1", "high: 1.0")
-        space = space.replace(
-            "sampler: {name: random}", "sampler: {name: tpe, args: {n_startup_trials: 6}}"
-        ).replace("study: f", f"study: {setting}")
+        chosen = f"sampler: {{name: {sampler}, args: {{n_startup_trials: 6}}}}"
+        space = space.replace("sampler: {name: random}", chosen)
+        space = space.replace("study: f", f"study: {setting}")
         (workdir / "f.yaml").write_text(space)
         code = main(["search", "--space", "f.yaml", "--max-failures", "20", "--n-trials", "40"])
         capsys.readouterr()
@@ -157,7 +161,7 @@ def test_a_diverging_region_neither_stops_the_study_nor_keeps_being_drawn(workdi
         return code, optuna.load_study(study_name=setting, storage=url)
 
     code, failing = search("crash_above_lr0")
-    assert code == 1  # 20 failures in a row: TPE homed in on the failing optimum
+    assert code == 1  # 20 failures in a row: the sampler homed in on the failing optimum
     assert len(failing.get_trials(states=FINISHED)) < 40
 
     code, diverging = search("fail_above_lr0")
@@ -165,10 +169,12 @@ def test_a_diverging_region_neither_stops_the_study_nor_keeps_being_drawn(workdi
     assert len(diverging.trials) == 40 and all(t.state != FAIL for t in diverging.trials)
     late = diverging.trials[-20:]
     assert sum(t.params["lr0"] > 0.01 for t in late) <= 12
-    # and it found the best value below the cliff, within 5%
+    # and it found the best value below the cliff, within 5% (TPE) or 7% (the GP's smooth
+    # kernel spreads the jump at the cliff a little below it, so it stays a step further back:
+    # measured 0.947 of the ceiling at this seed)
     best_hyp = {**diverging.best_trial.user_attrs["hyp"], "lr0": 0.01}
     ceiling = CurveAdapter({"epochs": 2}, workdir).quality(best_hyp) * (1 - math.exp(-2))
-    assert diverging.best_value >= 0.95 * ceiling
+    assert diverging.best_value >= {"tpe": 0.95, "gp": 0.93}[sampler] * ceiling
 
 
 def test_a_loss_that_always_diverges_stops_after_twice_max_failures(workdir, capsys):

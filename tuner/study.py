@@ -28,6 +28,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import InputError, StudyError
+from tuner.samplers import PrunedGPSampler
 from tuner.space import ComponentConfig, StudyConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -216,12 +217,17 @@ SAMPLERS: dict[str, Component] = {
         optuna.samplers.TPESampler,
         {"multivariate": True, "n_startup_trials": 5, "constant_liar": True},
         True,
-        "multivariate TPE (default)",
+        "multivariate TPE (the default for multi-objective studies)",
     ),
     "random": Component(optuna.samplers.RandomSampler, multi_objective=True),
     "cmaes": Component(optuna.samplers.CmaEsSampler, description="CMA-ES"),
+    # pruned trials count at their best epoch: under Hyperband most trials are pruned, and a
+    # GP fitted to the complete ones alone is still sampling at random a quarter through
     "gp": Component(
-        optuna.samplers.GPSampler, multi_objective=True, description="Gaussian process"
+        PrunedGPSampler,
+        {"n_startup_trials": 5},
+        True,
+        "Gaussian process that learns from pruned trials (the default)",
     ),
     "nsga2": Component(optuna.samplers.NSGAIISampler, multi_objective=True, description="NSGA-II"),
 }
