@@ -47,6 +47,7 @@ def test_a_diverged_or_silent_pruned_trial_counts_as_the_worst_seen() -> None:
     assert pruned_value(diverged, True, worst=0.05) == 0.05
     silent = _pruned(1.0, {})
     assert pruned_value(silent, True, worst=0.05) == 0.05
+    assert pruned_value(_pruned(1.0, {0: float("nan")}), True, worst=0.05) == 0.05
     assert pruned_value(silent, True, worst=None) is None
 
 

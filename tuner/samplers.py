@@ -38,8 +38,8 @@ def imputed(trial: FrozenTrial, value: float) -> FrozenTrial:
 
 
 def pruned_value(trial: FrozenTrial, maximize: bool, worst: float | None) -> float | None:
-    """What a pruned trial counts as: its best report, or ``worst`` when it diverged or reported
-    nothing (None: leave it out, no trial has a value yet).
+    """What a pruned trial counts as: its best finite report, or ``worst`` when it diverged or
+    reported nothing finite (None: leave it out, no trial has a value yet).
 
     A diverged trial's last finite epoch can look good (a too-high lr often scores well for an
     epoch before the loss blows up), so it counts as the worst value the study has seen, which
@@ -50,7 +50,7 @@ def pruned_value(trial: FrozenTrial, maximize: bool, worst: float | None) -> flo
         maximize: The study's direction.
         worst: The worst value any trial reported or finished with.
     """
-    reported = list(trial.intermediate_values.values())
+    reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
     if trial.user_attrs.get(DIVERGED_ATTR) or not reported:
         return worst
     return max(reported) if maximize else min(reported)
