@@ -11,7 +11,7 @@ seeds from ``--first-seed`` on (default 100: seeds neither the study, 0, nor its
 deviation over seeds, and the paired gain over the baseline (same seed). A pick that does not
 beat the baseline at full length is reported as such.
 
-Run: ``python -m benchmarks.full_length [--tasks demo,fewshot] [--seeds 3] [--factor 3]
+Run: ``python -m benchmarks.full_length [--tasks demo,fewshot,fullspace] [--seeds 3] [--factor 3]
 [--first-seed 100]``.
 """
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuner import study as st
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default="demo,fewshot")
+    parser.add_argument("--tasks", default="demo,fewshot,fullspace")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=100, help="first full-length seed")
     parser.add_argument("--factor", type=int, default=3, help="full length = factor x epochs")

@@ -118,7 +118,7 @@ ROWS = [
         "unwritable output path",
         space_text(),
         ["--out", "afile/best.yaml"],
-        "--out: cannot write afile/best.yaml",
+        "--out: cannot write afile/best.yaml: afile is not a directory",
     ),
     ("n_trials <= 0", space_text(), ["--n-trials", "0"], "s.yaml: search.n_trials: must be > 0"),
     (

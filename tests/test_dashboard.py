@@ -158,4 +158,4 @@ def test_busy_port_is_a_clear_error(tmp_path):
 def test_missing_optuna_dashboard_is_an_input_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails
     assert main(["dashboard", "--storage", f"sqlite:///{tmp_path / 'y.db'}"]) == 2
-    assert "pip install 'tuner[dashboard]'" in capsys.readouterr().err
+    assert "pip install -e '.[dashboard]'" in capsys.readouterr().err

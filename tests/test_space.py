@@ -141,3 +141,16 @@ def test_bad_space_names_file_and_field(write_space, text, expected):
     assert message.startswith(str(path)), message
     assert expected in message.replace(str(path.parent) + "/", ""), message
     assert "\n" not in message
+
+
+def test_the_readme_space_example_is_a_valid_space(tmp_path):
+    # the README's annotated space file is what users copy: it must load as written
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("```yaml\n", text.index("## The search space file")) + len("```yaml\n")
+    path = tmp_path / "readme.yaml"
+    path.write_text(text[start : text.index("```", start)])
+    config = load_space(path)
+    assert config.search.n_trials == 20 and config.search.sampler.name == "gp"
+    assert {"freeze", "lr0", "momentum", "fliplr", "optimizer"} <= set(config.space)

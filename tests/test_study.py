@@ -9,7 +9,7 @@ import yaml
 from tests.fakes import CurveAdapter
 from tuner import study as st
 from tuner.errors import InputError, StudyError
-from tuner.export import export, load_hyp
+from tuner.export import Pick, edge_params, export, header_lines, load_hyp
 from tuner.objective import Objective
 from tuner.space import load_space
 
@@ -142,6 +142,50 @@ def test_export_round_trip(tmp_path):
     # a chosen trial
     _, text = export(study, out, number=1)
     assert load_hyp(out) == study.trials[1].user_attrs["hyp"]
+
+
+def _trial(params):
+    dists = {
+        "lr0": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True),
+        "momentum": optuna.distributions.FloatDistribution(0.6, 0.98),
+        "fliplr": optuna.distributions.FloatDistribution(0.0, 0.5),
+        "freeze": optuna.distributions.IntDistribution(0, 5),
+    }
+    return optuna.trial.create_trial(
+        params=params, distributions={k: dists[k] for k in params}, value=0.5
+    )
+
+
+def test_edge_params_flag_searched_floats_at_a_bound():
+    # lr0 0.09 is 98.5% along its log range (flagged), 90% along a linear one; momentum at
+    # either end is flagged; 0 as a lower bound is "off", not a guess; integers never
+    trial = _trial({"lr0": 0.09, "momentum": 0.6, "fliplr": 0.0, "freeze": 5})
+    assert edge_params(trial) == [
+        "lr0=0.09 (high end of 0.0001..0.1)",
+        "momentum=0.6 (low end of 0.6..0.98)",
+    ]
+    assert edge_params(_trial({"momentum": 0.975, "fliplr": 0.5})) == [
+        "momentum=0.975 (high end of 0.6..0.98)",
+        "fliplr=0.5 (high end of 0..0.5)",
+    ]
+    assert edge_params(_trial({"lr0": 0.01, "momentum": 0.9, "fliplr": 0.01})) == []
+    # a value outside its range (an enqueued base value) is not "at a bound"
+    outside = _trial({"momentum": 0.9})
+    outside.params["momentum"] = 0.99
+    assert edge_params(outside) == []
+
+
+def test_export_header_names_values_at_a_bound():
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(_trial({"lr0": 0.1, "momentum": 0.8}))
+    study.add_trial(_trial({"lr0": 0.01, "momentum": 0.8}))
+    edge, inner = (Pick(t, "test") for t in study.trials)
+    assert any(
+        line == "at a bound of the searched range (widen it, unless the bound is a hard limit): "
+        "lr0=0.1 (high end of 0.0001..0.1)"
+        for line in header_lines(study, edge, None)
+    )
+    assert not any("at a bound" in line for line in header_lines(study, inner, None))
 
 
 def test_unknown_pruner_and_bad_args_are_input_errors(tmp_path):

@@ -205,7 +205,7 @@ class UltralyticsAdapter(Adapter):
         s = self.settings
         if importlib.util.find_spec("ultralytics") is None:
             raise ConfigError("adapter", "the ultralytics package is not installed "
-                                         "(pip install 'tuner[yolo]')")
+                                         "(pip install -e '.[yolo]')")
         if s.data != "synthetic" and not Path(s.data).is_file():
             raise ConfigError("data", f"no such dataset YAML: {s.data} (nothing is downloaded "
                                       "here; use a local data YAML or data: synthetic)")
@@ -501,7 +501,7 @@ def import_ultralytics(cache_dir: Path) -> Any:
         import ultralytics
         from ultralytics.utils import USER_CONFIG_DIR
     except ImportError as exc:
-        raise TrialError(f"ultralytics is not installed ({exc}); pip install 'tuner[yolo]'") \
+        raise TrialError(f"ultralytics is not installed ({exc}); pip install -e '.[yolo]'") \
             from None
     # Wherever the config dir is, the dataset check looks for Arial.ttf there.
     provide_fonts(Path(USER_CONFIG_DIR))

@@ -110,6 +110,10 @@ def _check_writable(path: Path) -> None:
 
     if path.is_dir():
         raise InputError("--out", None, f"{path} is a directory, expected a file path")
+    # mkdir's own error for a file in the way is "File exists", which hides which part is wrong
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError("--out", None, f"cannot write {path}: {blocker} is not a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):

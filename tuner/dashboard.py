@@ -93,7 +93,7 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
         import optuna_dashboard
     except ImportError:
         raise InputError(
-            "dashboard", None, "optuna-dashboard is not installed; pip install 'tuner[dashboard]'"
+            "dashboard", None, "optuna-dashboard is not installed; pip install -e '.[dashboard]'"
         ) from None
     from tuner.study import open_storage
 

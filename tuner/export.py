@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import yaml
+from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from trainer.formats import FORMATS
@@ -211,6 +212,43 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.6g}"
 
 
+# how near a bound (share of the range, on the log scale where the search was log) counts as at it
+EDGE_TOLERANCE = 0.02
+
+
+def edge_params(trial: FrozenTrial, tolerance: float = EDGE_TOLERANCE) -> list[str]:
+    """The trial's searched floats that sit at a bound of their range, as
+    ``name=value (low end of L..H)``.
+
+    A tuned value at a bound says the optimum may lie beyond it (Gaussian processes and TPE
+    both go to the edges when the metric keeps improving there). A lower bound of 0 is left
+    out: it is the "off" of the augmentation gains and probabilities, nothing lies below it.
+    Integers (freeze index, unfreeze epoch) and categoricals are left out: their ends are the
+    choices themselves, not a guess of the user's.
+
+    Args:
+        trial: A trial with the distributions it was sampled from.
+        tolerance: The share of the range next to each bound that counts as at it.
+    """
+    out = []
+    for name, dist in trial.distributions.items():
+        value = trial.params.get(name)
+        if not isinstance(dist, FloatDistribution) or not isinstance(value, int | float):
+            continue
+        if not dist.low <= value <= dist.high or dist.high == dist.low:
+            continue
+        low, high, at = dist.low, dist.high, value
+        if dist.log:
+            low, high, at = math.log(low), math.log(high), math.log(value)
+        position = (at - low) / (high - low)
+        span = f"{dist.low:g}..{dist.high:g}"
+        if position <= tolerance and dist.low != 0:
+            out.append(f"{name}={value:.4g} (low end of {span})")
+        elif position >= 1 - tolerance:
+            out.append(f"{name}={value:.4g} (high end of {span})")
+    return out
+
+
 def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[str]:
     """Provenance: study, trial, metric and value, baseline and gain, date, command."""
     trial = pick.trial
@@ -235,6 +273,12 @@ def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[s
     else:
         lines.append("baseline: not in this study")
     lines += _confirm_lines(load_record(study), trial.number)
+    edges = edge_params(trial)
+    if edges:
+        lines.append(
+            "at a bound of the searched range (widen it, unless the bound is a hard limit): "
+            + ", ".join(edges)
+        )
     if trial.state != TrialState.COMPLETE:
         lines.append(f"state: {trial.state.name} (not a complete trial)")
     lines.append(f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}")

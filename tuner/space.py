@@ -120,8 +120,8 @@ class SearchConfig:
     n_trials: int = 20
     timeout: float | None = None
     # the GP that learns from pruned trials: in the 19-key YOLO space it ends best on every
-    # seed set and leads a quarter through the budget in 7 of 10 seeds, TPE in 3
-    # (benchmarks/RESULTS.md, search efficiency)
+    # seed set, and in 12 of 15 seeds its first quarter of the budget reaches what random and
+    # genetic search reach with all of it (TPE: 3 of 10; benchmarks/RESULTS.md)
     sampler: ComponentConfig = ComponentConfig("gp")
     seed: int | None = None
     pruner: ComponentConfig = ComponentConfig("median")

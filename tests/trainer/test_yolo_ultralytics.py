@@ -27,7 +27,7 @@ from trainer.ultralytics import UltralyticsAdapter, _TrialState, apply_layer_dec
 from trainer.yolo_common import FREEZE_DEFAULTS, ULTRALYTICS_HYP
 
 if importlib.util.find_spec("ultralytics") is None:  # not importorskip: it would import it now
-    pytest.skip("ultralytics is not installed (pip install 'tuner[yolo]')",
+    pytest.skip("ultralytics is not installed (pip install -e '.[yolo]')",
                 allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -96,7 +96,7 @@ class Backend:
             raise InputError(
                 "--backend",
                 None,
-                f"{name} needs the {self.extra!r} extra: pip install 'tuner[{self.extra}]'",
+                f"{name} needs the {self.extra!r} extra: pip install -e '.[{self.extra}]'",
             )
 
     def load(self) -> Callable[[SearchJob], None]:
