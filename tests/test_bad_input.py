@@ -120,6 +120,12 @@ ROWS = [
         ["--out", "afile/best.yaml"],
         "--out: cannot write afile/best.yaml: afile is not a directory",
     ),
+    (
+        "output below a broken link",
+        space_text(),
+        ["--out", "alink/best.yaml"],
+        "--out: cannot write alink/best.yaml: alink is not a directory",
+    ),
     ("n_trials <= 0", space_text(), ["--n-trials", "0"], "s.yaml: search.n_trials: must be > 0"),
     (
         "malformed resources per trial",
@@ -168,6 +174,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(
     monkeypatch.setenv("TORCH_HOME", str(workdir / "torch-home"))
     (workdir / "s.yaml").write_text(text)
     (workdir / "afile").write_text("")  # a regular file: nothing can be created below it
+    (workdir / "alink").symlink_to(workdir / "nowhere")  # a link to nothing: the same
     code = main(["search", "--space", "s.yaml", *flags])
     err = capsys.readouterr().err
     assert code == 2, err

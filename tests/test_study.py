@@ -173,6 +173,10 @@ def test_edge_params_flag_searched_floats_at_a_bound():
     outside = _trial({"momentum": 0.9})
     outside.params["momentum"] = 0.99
     assert edge_params(outside) == []
+    # the baseline's values are the base hyps, not tuned: nothing to widen
+    baseline = _trial({"momentum": 0.6})
+    baseline.set_user_attr("baseline", True)
+    assert edge_params(baseline) == []
 
 
 def test_export_header_names_values_at_a_bound():
@@ -181,7 +185,7 @@ def test_export_header_names_values_at_a_bound():
     study.add_trial(_trial({"lr0": 0.01, "momentum": 0.8}))
     edge, inner = (Pick(t, "test") for t in study.trials)
     assert any(
-        line == "at a bound of the searched range (widen it, unless the bound is a hard limit): "
+        line == "at a bound of their searched range (widen it, unless the bound is a hard limit): "
         "lr0=0.1 (high end of 0.0001..0.1)"
         for line in header_lines(study, edge, None)
     )

@@ -108,13 +108,14 @@ def _check_writable(path: Path) -> None:
     """Fail before any training when the output cannot be written."""
     import tempfile
 
-    if path.is_dir():
-        raise InputError("--out", None, f"{path} is a directory, expected a file path")
-    # mkdir's own error for a file in the way is "File exists", which hides which part is wrong
-    blocker = next((p for p in path.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise InputError("--out", None, f"cannot write {path}: {blocker} is not a directory")
     try:
+        if path.is_dir():
+            raise InputError("--out", None, f"{path} is a directory, expected a file path")
+        # mkdir's own error for a file (or a broken link) in the way is "File exists", which
+        # hides which part is wrong
+        blocker = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise InputError("--out", None, f"cannot write {path}: {blocker} is not a directory")
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):
             pass

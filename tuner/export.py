@@ -224,13 +224,16 @@ def edge_params(trial: FrozenTrial, tolerance: float = EDGE_TOLERANCE) -> list[s
     both go to the edges when the metric keeps improving there). A lower bound of 0 is left
     out: it is the "off" of the augmentation gains and probabilities, nothing lies below it.
     Integers (freeze index, unfreeze epoch) and categoricals are left out: their ends are the
-    choices themselves, not a guess of the user's.
+    choices themselves, not a guess of the user's. The baseline trial has nothing: its values
+    are the base hyps, not tuned.
 
     Args:
         trial: A trial with the distributions it was sampled from.
         tolerance: The share of the range next to each bound that counts as at it.
     """
-    out = []
+    out: list[str] = []
+    if trial.user_attrs.get("baseline"):
+        return out
     for name, dist in trial.distributions.items():
         value = trial.params.get(name)
         if not isinstance(dist, FloatDistribution) or not isinstance(value, int | float):
@@ -276,7 +279,7 @@ def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[s
     edges = edge_params(trial)
     if edges:
         lines.append(
-            "at a bound of the searched range (widen it, unless the bound is a hard limit): "
+            "at a bound of their searched range (widen it, unless the bound is a hard limit): "
             + ", ".join(edges)
         )
     if trial.state != TrialState.COMPLETE:
