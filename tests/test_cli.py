@@ -92,6 +92,25 @@ def test_export_and_status(space, workdir, capsys):
     assert main(["export", "--storage", url, "--trial", "99", "--out", "t.yaml"]) == 2
 
 
+def test_status_names_the_best_trials_values_at_a_bound():
+    import optuna
+
+    from tuner.cli import _status_text
+
+    lr0 = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    study = optuna.create_study(direction="maximize")
+    for value, params in ((0.5, {"lr0": 0.01}), (0.7, {"lr0": 0.1})):
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions={"lr0": lr0}, value=value)
+        )
+    text = _status_text(study, "memory")
+    assert "best 0.7 (trial 1)" in text
+    assert "  at a bound of their searched range: lr0=0.1 (high end of 0.0001..0.1)" in text
+    study.add_trial(optuna.trial.create_trial(params={"lr0": 0.02}, distributions={"lr0": lr0},
+                                              value=0.9))
+    assert "at a bound" not in _status_text(study, "memory")
+
+
 def test_validate_prints_resolved_config(space, capsys):
     assert main(["validate", str(space)]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)

@@ -439,6 +439,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _status_text(study: Any, storage_url: str) -> str:
     from tuner import study as st
+    from tuner.export import edge_params
 
     by_state = st.counts(study)
     metrics = study.user_attrs.get("metrics") or ["value"]
@@ -459,6 +460,9 @@ def _status_text(study: Any, storage_url: str) -> str:
                 text += f"   baseline {base.value:.6g} (trial {base.number})"
                 text += f"   gain {best.value - base.value:+.6g}"
             lines.append(text)
+            edges = edge_params(best)
+            if edges:
+                lines.append("  at a bound of their searched range: " + ", ".join(edges))
         reverse = directions[0] == "maximize"
         top = sorted(complete, key=lambda t: t.value, reverse=reverse)[:5]
         title = "top 5"
