@@ -23,6 +23,7 @@ import optuna
 import yaml
 
 from trainer.base import Adapter, DivergedError, Pruned, TrialError, TrialResult
+from tuner.samplers import DIVERGED_ATTR
 from tuner.space import ParamSpec, StudyConfig
 
 EpochHook = Callable[[int, int, Mapping[str, float]], None]
@@ -102,7 +103,7 @@ def failure_reason(exc: BaseException) -> str:
 
 def diverged_attrs(exc: DivergedError) -> dict[str, Any]:
     """The user attrs of a diverged trial (shared by every backend)."""
-    return {"diverged": True, "fail_reason": f"diverged: {exc}"}
+    return {DIVERGED_ATTR: True, "fail_reason": f"diverged: {exc}"}
 
 
 def reduce_metric(history: list[dict[str, float]], metric: str, direction: str, how: str) -> float:

@@ -25,7 +25,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-# the user attr tuner.objective sets on a trial stopped by a non-finite loss or metric
+# the user attr of a trial stopped by a non-finite loss or metric (tuner.objective.diverged_attrs
+# writes it, from here, so writer and reader cannot drift apart)
 DIVERGED_ATTR = "diverged"
 
 
