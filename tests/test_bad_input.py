@@ -158,6 +158,16 @@ ROWS = [
         "s.yaml: search.confirm: adapter 'curve-noseed' has no seed setting to vary",
     ),
     (
+        "study name with URL characters",
+        space_text(study="v1?b"),
+        [],
+        "s.yaml: study: 'v1?b' is not a usable study name",
+    ),
+    ("study flag naming a folder", space_text(), ["--study", ".."],
+     "s.yaml: study: '..' is not a usable study name"),
+    ("negative seed", space_text(), ["--seed", "-1"],
+     "s.yaml: search.seed: must be in 0 .. 2**32-1, got -1"),
+    (
         "Ray flag without the ray backend",
         space_text(),
         ["--ray-address", "auto"],
@@ -184,6 +194,38 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(
     leftovers = [p for p in studies.rglob("*") if p.is_file()] if studies.exists() else []
     # only caches may remain: no study database, lock file, hyp or config YAML
     assert [p for p in leftovers if ".cache" in p.parts] == leftovers, leftovers
+
+
+@pytest.mark.parametrize("command", [
+    ["status"], ["export", "--out", "x.yaml"], ["report"], ["dashboard"],
+])
+def test_reading_a_study_from_a_mistyped_path_creates_nothing(workdir, capsys, command):
+    name, *flags = command
+    code = main([name, "--storage", "sqlite:///typo/s.db", *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip() == "tuner: error: --storage: no such study file: typo/s.db"
+    code = main([name, "--storage", "journal:typo/s.log", *flags])
+    assert code == 2 and "no such study file: typo/s.log" in capsys.readouterr().err
+    assert not (workdir / "typo").exists()  # no empty database, no folder
+
+
+def test_confirm_bad_flags_and_another_objective(workdir, capsys):
+    (workdir / "s.yaml").write_text(space_text())
+    assert main(["confirm", "--space", "s.yaml", "--top-k", "0"]) == 2
+    assert "tuner: error: --top-k: must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["search", "--space", "s.yaml", "--set", "objective.metric=val/loss",
+                 "--set", "objective.direction=minimize"]) == 0
+    capsys.readouterr()
+    # the stored study minimises val/loss; this space maximises val/acc
+    assert main(["confirm", "--space", "s.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "s.yaml: objective: study 's' already exists with directions ['minimize']" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # same direction, other metric: resuming would mix the two in one study
+    assert main(["search", "--space", "s.yaml", "--set", "objective.direction=minimize"]) == 2
+    err = capsys.readouterr().err
+    assert "study 's' already exists optimising val/loss (reduce: best), not val/acc" in err
 
 
 scalars = st.one_of(

@@ -64,7 +64,7 @@ def test_flags_override_the_space_file(space, workdir, capsys):
                 "--n-trials",
                 "2",
                 "--study",
-                "other",
+                "0x1f",  # a name, as typed (YAML would read it as 31)
                 "--out",
                 "x/best.yaml",
                 "--set",
@@ -74,9 +74,9 @@ def test_flags_override_the_space_file(space, workdir, capsys):
         == 0
     )
     assert (workdir / "x" / "best.yaml").exists()
-    assert (workdir / "studies" / "other.db").exists()
+    assert (workdir / "studies" / "0x1f.db").exists()
     capsys.readouterr()
-    assert main(["status", "--storage", "sqlite:///studies/other.db"]) == 0
+    assert main(["status", "--storage", "sqlite:///studies/0x1f.db"]) == 0
     out = capsys.readouterr().out
     assert "complete" in out and "top 5" in out and "baseline" in out
 

@@ -206,7 +206,7 @@ def test_confirm_command_bad_input(workdir, capsys):
     (workdir / "c.yaml").write_text(SPACE)
     # no study yet
     assert main(["confirm", "--space", "c.yaml"]) == 2
-    assert "no study 'c' in sqlite:///studies/c.db" in capsys.readouterr().err
+    assert "--storage: no such study file: studies/c.db" in capsys.readouterr().err
     # an explicit pick that needs a confirmation the study does not have
     assert main(["search", "--space", "c.yaml"]) == 0
     capsys.readouterr()

@@ -186,3 +186,21 @@ def test_a_loss_that_always_diverges_stops_after_twice_max_failures(workdir, cap
     assert "tuner: error: stopped after 4 diverged trials in a row" in err
     study = optuna.load_study(study_name="f", storage=URL)
     assert [t.state for t in study.trials] == [PRUNED] * 4
+
+
+def test_a_trial_failing_outside_the_trainer_keeps_its_reason(workdir, capsys, monkeypatch):
+    """Sampling or the trial folder failing before the trainer runs still gives a reason."""
+    import tuner.objective
+
+    def broken(trial, spec):
+        raise ValueError(f"cannot sample {spec.name}")
+
+    monkeypatch.setattr(tuner.objective, "suggest", broken)
+    (workdir / "f.yaml").write_text(SPACE.format(setting="crash_above_lr0"))
+    assert main(["search", "--space", "f.yaml", "--max-failures", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "reason: ValueError: cannot sample lr0" in err and "unknown" not in err
+    study = optuna.load_study(study_name="f", storage=URL)
+    assert [t.user_attrs["fail_reason"] for t in study.trials] == [
+        "ValueError: cannot sample lr0"
+    ] * 2

@@ -121,3 +121,21 @@ def test_ray_stops_after_max_failures(local_ray, workdir, capsys):
     study = optuna.load_study(study_name="r", storage=URL)
     assert all(t.state == TrialState.FAIL for t in study.trials)
     assert all("simulated crash" in t.user_attrs["fail_reason"] for t in study.trials)
+
+
+def test_ray_timeout_starts_no_new_trial_and_lets_running_ones_finish(local_ray, workdir, capsys):
+    # trials of ~1.2 s against a 2-s timeout: trials are running when it passes
+    flags = ["--timeout", "2", "--concurrency", "2", "--set", "trainer.sleep=0.3"]
+    code = search(workdir, 200, "{name: none}", *flags)
+    err = capsys.readouterr().err
+    assert code == 0, err  # a timeout is the budget, not an interrupt
+    assert "interrupted" not in err
+    study = optuna.load_study(study_name="r", storage=URL)
+    assert 1 <= len(study.trials) < 200
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    # the trials running at the deadline trained to the end (lr0 above 0.08 diverges: PRUNED)
+    assert not study.get_trials(states=(TrialState.FAIL,)), [
+        t.user_attrs.get("fail_reason") for t in study.trials
+    ]
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert trial.user_attrs["epochs_run"] == 4

@@ -158,3 +158,19 @@ def test_postgres_two_workers(workdir):
         assert proc.returncode == 0, err
     study = optuna.load_study(study_name=name, storage=url)
     assert_exact_total(study, 8)
+
+
+@pytest.mark.parametrize("user_flags", [["--seed", "5"], ["--set", "search.seed=5"]])
+def test_each_worker_gets_its_own_seed_however_the_seed_was_given(workdir, user_flags):
+    """The parent hands worker i the seed N+i-1; a user's --set search.seed=N must not win."""
+    from tuner.backends.local import _seed_flag
+    from tuner.cli import _space_overrides, build_parser
+    from tuner.space import load_space
+
+    write_space(workdir, 4)
+    argv = ["search", "--space", "s.yaml", *user_flags, "--workers", "2"]
+    seeds = []
+    for index in (1, 2):
+        args = build_parser().parse_args([*argv, *_seed_flag(5, index)])
+        seeds.append(load_space(args.space, _space_overrides(args)).search.seed)
+    assert seeds == [5, 6]

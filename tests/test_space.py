@@ -47,6 +47,16 @@ def test_defaults_then_file_then_overrides(write_space):
     assert cfg.search.n_trials == 9 and cfg.trainer.settings["epochs"] == 2 and cfg.study == "x"
 
 
+def test_exponent_floats_and_typed_flags(write_space):
+    """``1e-4`` is a float (YAML 1.2, JSON), not PyYAML's string; a typed flag stays as typed."""
+    text = GOOD.replace("low: 1.0e-4, high: 1.0e-1", "low: 1e-4, high: 1E-1")
+    cfg = load_space(write_space(text), ["space.momentum.low=5e-1", ("study", "007")])
+    assert cfg.space["lr0"].low == 1e-4 and cfg.space["lr0"].high == 0.1
+    assert cfg.space["momentum"].low == 0.5
+    assert cfg.study == "007"  # from --study 007; a YAML re-read would make it 7
+    assert load_space(write_space(GOOD), ["study=007"]).study == "7"  # --set reads YAML
+
+
 def test_study_name_defaults_to_file_stem(write_space):
     cfg = load_space(write_space(GOOD.replace("study: t1\n", ""), name="my-study.yaml"))
     assert cfg.study == "my-study"

@@ -59,6 +59,26 @@ def test_study_prunes_and_beats_baseline(tmp_path):
     assert len(best.intermediate_values) == 5
 
 
+def test_a_failed_baseline_is_queued_again_on_resume(tmp_path):
+    """A Ctrl-C (or a lost worker) during the baseline must not leave the study without one."""
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    config = load_space(path)
+    adapter = config.make_adapter(tmp_path / "cache")
+    storage = st.open_storage(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    study = st.create_or_load(config, storage, config.to_dict(adapter), "test")
+    assert st.enqueue_baseline(study, config, config.base_hyp(adapter))
+    trial = study.ask()
+    assert trial.user_attrs["baseline"]
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert st.enqueue_baseline(study, config, config.base_hyp(adapter))
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs["baseline"]
+    assert not st.enqueue_baseline(study, config, config.base_hyp(adapter))  # queued: once
+    rerun = study.ask()
+    assert rerun.user_attrs["baseline"] and rerun.suggest_float("lr0", 1e-4, 1.0) == 0.001
+
+
 def test_resume_adds_only_missing_trials(tmp_path):
     _, study = run_study(tmp_path, overrides=["search.n_trials=4"])
     assert st.n_finished(study) == 4

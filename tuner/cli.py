@@ -76,9 +76,10 @@ class Progress:
 # -- commands --------------------------------------------------------------------------------
 
 
-def _space_overrides(args: argparse.Namespace) -> list[str]:
+def _space_overrides(args: argparse.Namespace) -> list[str | tuple[str, Any]]:
     # CLI flags are overrides of space fields, applied before validation (precedence:
-    # defaults < space file < flags), so their errors name the same fields.
+    # defaults < space file < flags), so their errors name the same fields. Typed flags go
+    # as (key, value) pairs: argparse has typed them, and YAML would re-read '007' as 7.
     flags = [
         ("study", args.study),
         ("search.n_trials", getattr(args, "n_trials", None)),
@@ -89,7 +90,7 @@ def _space_overrides(args: argparse.Namespace) -> list[str]:
         ("search.confirm.top_k", getattr(args, "top_k", None)),
         ("search.confirm.n_seeds", getattr(args, "n_seeds", None)),
     ]
-    return [f"{key}={value}" for key, value in flags if value is not None] + list(args.set or [])
+    return [(key, value) for key, value in flags if value is not None] + list(args.set or [])
 
 
 def _cache_dir() -> Path:
@@ -352,6 +353,9 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from tuner.space import confirm_problem
 
     st.quiet_optuna()
+    if args.top_k is not None and args.top_k < 1:
+        # the space's top_k 0 means "no confirmation after the search"; here it would be none
+        raise InputError("--top-k", None, f"must be >= 1, got {args.top_k}")
     config = _load(args)
     storage_url = args.storage or st.default_storage(config.study)
     out = Path(args.out) if args.out else st.STUDIES_DIR / config.study / "best_hyp.yaml"
@@ -363,6 +367,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     args.study = config.study
     args.storage = storage_url
     study = _open_study(args)
+    st.check_objective(study, config, hint="confirm it with the space it was searched with")
     top_k = config.search.confirm.top_k or DEFAULT_TOP_K
     command = "tuner " + shlex.join(args.argv)
     lock = st.slot_lock(storage_url, st._storage_of(study), config.study)
@@ -408,7 +413,7 @@ def _open_study(args: argparse.Namespace):
     from tuner import study as st
 
     st.quiet_optuna()
-    storage = st.open_storage(args.storage, heartbeat=False)
+    storage = st.open_storage(args.storage, heartbeat=False, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     name = args.study
     if name is None:
@@ -569,13 +574,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from tuner.dashboard import serve
 
-    print(
-        f"optuna-dashboard on http://{args.host}:{args.port}/ for {args.storage} "
-        "(Ctrl-C to stop)",
-        file=sys.stderr, flush=True,
-    )
+    def ready() -> None:
+        print(
+            f"optuna-dashboard on http://{args.host}:{args.port}/ for {args.storage} "
+            "(Ctrl-C to stop)",
+            file=sys.stderr, flush=True,
+        )
+
     try:
-        serve(args.storage, host=args.host, port=args.port)
+        serve(args.storage, host=args.host, port=args.port, on_ready=ready)
     except KeyboardInterrupt:
         print("\ndashboard stopped", file=sys.stderr)
     return 0

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -83,8 +84,19 @@ def annotate(storage: Any) -> list[str]:
     return written
 
 
-def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(
+    storage_url: str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
     """Annotate the studies, then serve optuna-dashboard until interrupted.
+
+    Args:
+        storage_url: The studies' storage (it must exist).
+        host: Address to listen on.
+        port: Port to listen on.
+        on_ready: Called once the storage is open, before serving (the CLI's "on http://...").
 
     Raises:
         InputError: optuna-dashboard is not installed, or the address cannot be bound.
@@ -97,8 +109,10 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
         ) from None
     from tuner.study import open_storage
 
-    storage = open_storage(storage_url, heartbeat=False)
+    storage = open_storage(storage_url, heartbeat=False, create=False)
     annotate(storage)
+    if on_ready is not None:
+        on_ready()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
         # wsgiref swallows a KeyboardInterrupt that lands inside a request, and bottle

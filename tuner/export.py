@@ -314,9 +314,21 @@ def _confirm_lines(record: ConfirmRecord | None, number: int) -> list[str]:
 
 
 def render(
-    study: optuna.Study, pick: Pick, fmt: str | None = None, command: str | None = None
+    study: optuna.Study,
+    pick: Pick,
+    fmt: str | None = None,
+    command: str | None = None,
+    filename: str = "best_hyp.yaml",
 ) -> str:
-    """The file text: ``#`` header, then the format's mapping as YAML."""
+    """The file text: ``#`` header, then the format's mapping as YAML.
+
+    Args:
+        study: The study.
+        pick: The chosen trial.
+        fmt: A format name (default: the study's adapter's own).
+        command: The command that wrote the file, for the header.
+        filename: The name the file is written under (the header's commands use it).
+    """
     config = study.user_attrs.get("config", {})
     settings = dict(config.get("trainer", {}))
     fmt = fmt or _native_format(settings.get("adapter"))
@@ -324,7 +336,7 @@ def render(
         raise InputError(
             "--format", None, f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}"
         )
-    mapping, extra = FORMATS[fmt].render(trial_hyp(study, pick.trial), settings)
+    mapping, extra = FORMATS[fmt].render(trial_hyp(study, pick.trial), settings, filename)
     lines = header_lines(study, pick, command) + [f"format: {fmt}"] + extra
     head = "".join(f"# {line}\n" for line in lines)
     return head + yaml.safe_dump(_plain(mapping), sort_keys=False)
@@ -389,7 +401,7 @@ def export(
         The pick and the text written.
     """
     chosen = pick_trial(study, number, pick)
-    text = render(study, chosen, fmt, command)
+    text = render(study, chosen, fmt, command, Path(out).name)
     write_atomic(out, text)
     return chosen, text
 

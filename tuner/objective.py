@@ -161,6 +161,22 @@ class Objective:
         self.on_epoch = on_epoch
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        try:
+            return self._trial(trial)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
+        except TrialError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        except Exception as exc:
+            # sampling, the trial folder and the values fail outside the trainer too
+            trial.set_user_attr("fail_reason", failure_reason(exc))
+            raise
+
+    def _trial(self, trial: optuna.Trial) -> float | list[float]:
         params = {name: suggest(trial, spec) for name, spec in self.config.space.items()}
         hyp = {**self.base_hyp, **params}
         trial_dir = self.out_dir / "trials" / f"{trial.number:04d}"
@@ -189,13 +205,6 @@ class Objective:
             raise optuna.TrialPruned(attrs["fail_reason"]) from None
         except TrialError as exc:
             self._record(trial, exc.result, time.perf_counter() - started)
-            trial.set_user_attr("fail_reason", str(exc))
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-            raise
-        except Exception as exc:
-            trial.set_user_attr("fail_reason", failure_reason(exc))
             raise
         finally:
             # Free what a large trial left behind before the next one allocates.

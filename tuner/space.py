@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,6 +355,8 @@ def _parse_search(ctx: _Ctx, raw: Any, multi_objective: bool) -> SearchConfig:
     seed = raw.get("seed", defaults.seed)
     if seed is not None:
         seed = ctx.number(seed, "search.seed", integer=True)
+        if not 0 <= seed < 2**32:  # numpy's range, which every sampler seeds from
+            raise ctx.error("search.seed", f"must be in 0 .. 2**32-1, got {seed}")
     max_failures = ctx.number(
         raw.get("max_failures", defaults.max_failures), "search.max_failures", integer=True
     )
@@ -399,6 +402,31 @@ def confirm_problem(is_multi: bool, adapter: Any, name: str) -> str | None:
     return None
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` as a float as YAML 1.2 and JSON do.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-4``), so a learning rate written
+    the way everyone writes it would be the string ``'1e-4'``.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as the space loader reads it (:class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+# a study name becomes a file name (studies/<study>.db) and part of a database URL, where
+# '/', '?', '#' and '%' would change what it points at
+_STUDY_NAME = re.compile(r"\w[\w.-]*")
+
+
 def _load_yaml(path: Path, source: str, field_name: str | None = None) -> Any:
     try:
         text = path.read_text()
@@ -409,7 +437,7 @@ def _load_yaml(path: Path, source: str, field_name: str | None = None) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(source, field_name, f"cannot read {path}: {exc}") from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -438,16 +466,32 @@ def _parse_base(ctx: _Ctx, raw: Any, folder: Path) -> tuple[dict[str, Any], str 
     return dict(raw), base_file
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw space mapping."""
+Override = str | tuple[str, Any]
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: Iterable[Override], source: str
+) -> dict[str, Any]:
+    """Apply overrides to a raw space mapping.
+
+    Args:
+        raw: The space file's mapping.
+        overrides: ``"a.b.c=value"`` strings (``--set``; the value parsed as YAML) or
+            ``(dotted key, value)`` pairs (typed CLI flags, taken as they are: ``--study 007``
+            stays the string ``'007'``).
+        source: The space file, for messages.
+    """
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError("--set", None, f"expected KEY=VALUE, got {item!r}")
-        try:
-            parsed = yaml.safe_load(value) if value else None
-        except yaml.YAMLError:
-            parsed = value
+        if isinstance(item, tuple):
+            key, parsed = item
+        else:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InputError("--set", None, f"expected KEY=VALUE, got {item!r}")
+            try:
+                parsed = parse_yaml(value) if value else None
+            except yaml.YAMLError:
+                parsed = value
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
@@ -462,13 +506,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) 
 
 
 def load_space(
-    path: str | Path, overrides: Iterable[str] = (), cache_dir: Path | None = None
+    path: str | Path, overrides: Iterable[Override] = (), cache_dir: Path | None = None
 ) -> StudyConfig:
     """Read, validate and resolve a space file.
 
     Args:
         path: The YAML file.
-        overrides: ``dotted.key=value`` strings applied before validation (CLI flags).
+        overrides: ``dotted.key=value`` strings or ``(key, value)`` pairs applied before
+            validation (CLI flags, :func:`apply_overrides`).
         cache_dir: Passed to the adapter while its settings are checked.
 
     Returns:
@@ -489,6 +534,13 @@ def load_space(
 
     study = raw.get("study", path.stem)
     study = ctx.string(str(study) if isinstance(study, int) else study, "study")
+    if not _STUDY_NAME.fullmatch(study):
+        origin = "" if "study" in raw else " (the space file's name)"
+        raise ctx.error(
+            "study",
+            f"{study!r}{origin} is not a usable study name: it names files and a database URL, "
+            "so use letters, digits, '.', '_' and '-' (not starting with '.' or '-')",
+        )
 
     trainer_raw = dict(ctx.mapping(raw.get("trainer"), "trainer"))
     name = ctx.string(trainer_raw.pop("adapter", None), "trainer.adapter")

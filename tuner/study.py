@@ -55,10 +55,16 @@ def default_storage(study: str) -> str:
     return f"sqlite:///{STUDIES_DIR / study}.db"
 
 
+def _check_exists(path: Path, create: bool) -> None:
+    if not create and not path.is_file():
+        raise InputError("--storage", None, f"no such study file: {path}")
+
+
 def open_storage(
     url: str,
     *,
     heartbeat: bool = True,
+    create: bool = True,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = HEARTBEAT_GRACE,
 ) -> optuna.storages.BaseStorage:
@@ -68,6 +74,8 @@ def open_storage(
         url: An SQLAlchemy URL (``sqlite:///x.db``, ``postgresql://...``) or
             ``journal:PATH`` for Optuna's journal file storage.
         heartbeat: Record worker heartbeats so trials of crashed workers can be failed.
+        create: Create a missing SQLite or journal file (False for the commands that only
+            read a study: a mistyped path is an error, not a new empty database).
         heartbeat_interval: Seconds between two heartbeats of a running trial.
         grace_period: Seconds without a heartbeat after which a running trial is failed.
 
@@ -78,6 +86,7 @@ def open_storage(
         path = Path(url.removeprefix("journal:"))
         if not path.name:
             raise InputError("--storage", None, f"{url!r} names no file (journal:PATH)")
+        _check_exists(path, create)
         _ensure_parent(path, url)
         try:
             backend = JournalFileBackend(str(path))
@@ -100,6 +109,7 @@ def open_storage(
             raise InputError(
                 "--storage", None, f"{url!r} names no database file (sqlite:///PATH.db)"
             )
+        _check_exists(Path(db), create)
         _ensure_parent(Path(db), url)
         # Wait instead of failing with "database is locked" when workers write together.
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
@@ -318,16 +328,8 @@ def create_or_load(
         InputError: An existing study with the same name optimises something else.
     """
     directions = [t.direction for t in config.objective.targets]
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    if config.study in existing:
-        have = [d.name.lower() for d in existing[config.study].directions]
-        if have != directions:
-            raise InputError(
-                config.source,
-                "objective",
-                f"study {config.study!r} already exists with directions {have}, not "
-                f"{directions}; pick another --study name",
-            )
+    if config.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        check_objective(optuna.load_study(study_name=config.study, storage=storage), config)
     study = optuna.create_study(
         storage=storage,
         study_name=config.study,
@@ -344,6 +346,43 @@ def create_or_load(
     return study
 
 
+def check_objective(
+    study: optuna.Study, config: StudyConfig, hint: str = "pick another --study name"
+) -> None:
+    """An existing study must optimise what the space says (its values would mix otherwise).
+
+    Args:
+        study: The stored study.
+        config: The space.
+        hint: What the message tells the user to do.
+
+    Raises:
+        InputError: Other directions, metrics or ``reduce``.
+    """
+    directions = [t.direction for t in config.objective.targets]
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise InputError(
+            config.source,
+            "objective",
+            f"study {study.study_name!r} already exists with directions {have}, not "
+            f"{directions}; {hint}",
+        )
+    metrics = [t.metric for t in config.objective.targets]
+    stored = study.user_attrs.get("config", {}).get("objective")
+    reduce = stored.get("reduce") if isinstance(stored, dict) else None
+    have_metrics = study.user_attrs.get("metrics", metrics)
+    if have_metrics != metrics or (reduce is not None and reduce != config.objective.reduce):
+        want = f"{', '.join(metrics)} (reduce: {config.objective.reduce})"
+        had = ", ".join(have_metrics) + (f" (reduce: {reduce})" if reduce else "")
+        raise InputError(
+            config.source,
+            "objective",
+            f"study {study.study_name!r} already exists optimising {had}, not {want}; "
+            f"its values would mix: {hint}",
+        )
+
+
 def enqueue_baseline(
     study: optuna.Study, config: StudyConfig, base_hyp: Mapping[str, Any]
 ) -> bool:
@@ -358,7 +397,9 @@ def enqueue_baseline(
         if trial.user_attrs.get("baseline") and trial.state != TrialState.FAIL:
             return False
     params = {key: base_hyp[key] for key in config.space if key in base_hyp}
-    study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+    # no skip_if_exists: Optuna's would match the FAILED baseline (a Ctrl-C, a lost worker)
+    # and queue nothing; callers hold the study's slot lock, so workers cannot race here
+    study.enqueue_trial(params, user_attrs={"baseline": True})
     return True
 
 

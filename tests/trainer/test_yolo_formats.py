@@ -48,22 +48,69 @@ def yolov5_settings(tmp_path) -> dict:
 def test_yolov5_format_holds_every_scratch_low_key(tmp_path):
     assert list(YOLOV5_HYP) == SCRATCH_LOW_KEYS
     hyp = {"lr0": 0.005, "momentum": 0.9, "freeze": 10, "lr_decay": 1.0, "unfreeze_epoch": 0}
-    mapping, header = FORMATS["yolov5"].render(hyp, yolov5_settings(tmp_path))
+    mapping, header = FORMATS["yolov5"].render(hyp, yolov5_settings(tmp_path), "best_hyp.yaml")
     assert list(mapping) == SCRATCH_LOW_KEYS
     assert mapping["lr0"] == 0.005 and mapping["obj"] == 1.0 and mapping["anchor_t"] == 4.0
     assert header[0].endswith(
         "python train.py --data /data/VOC.yaml --weights /w/yolov5s.pt --img 512 "
-        "--hyp best_hyp.yaml --freeze 10 --epochs 50"
+        "--hyp best_hyp.yaml --freeze 10 --epochs 50 --batch-size 16"
     )
     assert not any(line.startswith("note:") for line in header)
 
 
+def test_yolov5_format_command_is_the_trials_own(tmp_path):
+    """Batch size, model cfg and extra arguments (the optimiser the hyps were tuned for) are
+    in the header's command; the trial's output folder, device and seed are not."""
+    adapter = YoloV5Adapter(
+        {"yolov5_dir": str(tmp_path / "yolov5"), "data": "/d.yaml", "batch": 64, "seed": 3,
+         "cfg": "models/yolov5n.yaml", "extra_args": ["--optimizer", "AdamW", "--cos-lr"]},
+        tmp_path / "cache",
+    )
+    settings = {"adapter": "yolov5", **adapter.settings_dict()}
+    _, header = FORMATS["yolov5"].render({"freeze": 10}, settings, "fast_hyp.yaml")
+    argv = shlex.split(header[0].split(": ", 1)[1])
+    assert argv[argv.index("--hyp") + 1] == "fast_hyp.yaml"  # the file as written
+    assert argv[argv.index("--batch-size") + 1] == "64"
+    assert argv[argv.index("--cfg") + 1] == "models/yolov5n.yaml"
+    assert argv[-3:] == ["--optimizer", "AdamW", "--cos-lr"]
+    assert not {"--project", "--name", "--device", "--seed"} & set(argv)
+
+
 def test_yolov5_format_names_what_train_py_cannot_take(tmp_path):
     hyp = {**YOLOV5_HYP, "freeze": 3, "lr_decay": 0.7, "anchors": 3.0}
-    mapping, header = FORMATS["yolov5"].render(hyp, {"adapter": "ultralytics", "data": "x"})
+    mapping, header = FORMATS["yolov5"].render(hyp, {"adapter": "command", "data": "x"}, "h.yaml")
     assert "lr_decay" not in mapping and mapping["anchors"] == 3.0  # base extras pass through
     assert any("lr_decay=0.7" in line for line in header)
     assert "--data DATA.yaml --weights yolov5s.pt" in header[0]  # another adapter's settings
+
+
+def test_yolov5_format_from_a_built_in_trainer_study_maps_its_optimiser():
+    hyp = {"lr0": 0.003, "optimizer": "AdamW", "nesterov": True, "cos_lr": True,
+           "label_smoothing": 0.1, "freeze": 2}
+    mapping, header = FORMATS["yolov5"].render(hyp, {"adapter": "torchvision"}, "h.yaml")
+    argv = shlex.split(header[0].split(": ", 1)[1])
+    assert argv[argv.index("--optimizer") + 1] == "AdamW" and "--cos-lr" in argv
+    assert argv[argv.index("--label-smoothing") + 1] == "0.1"
+    assert list(mapping) == SCRATCH_LOW_KEYS  # the flags' keys are not left in the hyp file
+    _, header = FORMATS["yolov5"].render({**hyp, "optimizer": "RMSprop"},
+                                         {"adapter": "torchvision"}, "h.yaml")
+    assert "--optimizer" not in header[0]
+    assert any("optimizer=RMSprop" in line for line in header)
+
+
+def test_loss_gains_do_not_cross_between_yolo_pipelines(ultralytics_cfg):
+    """Ultralytics' box 7.5 is YOLOv5's 0.05 in effect: neither is handed to the other."""
+    ultra = {**ULTRALYTICS_HYP, "box": 9.0, "lr0": 0.002, "freeze": 10}
+    mapping, header = FORMATS["yolov5"].render(ultra, {"adapter": "ultralytics"}, "h.yaml")
+    assert list(mapping) == SCRATCH_LOW_KEYS  # no dfl, no close_mosaic
+    assert mapping["box"] == YOLOV5_HYP["box"] and mapping["lr0"] == 0.002
+    assert any("box, cls, dfl are Ultralytics's loss gains" in line for line in header)
+    v5 = {**YOLOV5_HYP, "box": 0.07, "freeze": 10}
+    mapping, header = FORMATS["ultralytics"].render(v5, {"adapter": "yolov5"}, "h.yaml")
+    assert not {"box", "cls", "obj", "dfl"} & set(mapping)
+    assert any("are YOLOv5's loss gains" in line for line in header)
+    cfg = ultralytics_cfg.get_cfg(ultralytics_cfg.DEFAULT_CFG_DICT, mapping)
+    assert cfg.box == ULTRALYTICS_HYP["box"]
 
 
 def test_ultralytics_format_passes_ultralytics_cfg_check(tmp_path, ultralytics_cfg):
@@ -74,7 +121,7 @@ def test_ultralytics_format_passes_ultralytics_cfg_check(tmp_path, ultralytics_c
     settings = {"adapter": "ultralytics", **adapter.settings_dict()}
     hyp = {**adapter.default_hyp(), "freeze": 10, "lr0": 0.003, "close_mosaic": 2,
            "lr_decay": 0.8, "unfreeze_epoch": 0}
-    mapping, header = FORMATS["ultralytics"].render(hyp, settings)
+    mapping, header = FORMATS["ultralytics"].render(hyp, settings, "best_hyp.yaml")
     text = yaml.safe_dump(mapping, sort_keys=False)
     path = tmp_path / "best_hyp.yaml"
     path.write_text(text)
@@ -89,10 +136,12 @@ def test_ultralytics_format_passes_ultralytics_cfg_check(tmp_path, ultralytics_c
 
 
 def test_ultralytics_format_from_another_adapter_keeps_valid_keys_only(ultralytics_cfg):
+    """A command-adapter study (keys of YOLOv5's scratch-low) gives a cfg Ultralytics takes."""
     defaults, get_cfg = ultralytics_cfg.DEFAULT_CFG_DICT, ultralytics_cfg.get_cfg
 
     hyp = {**YOLOV5_HYP, "freeze": 10}
-    mapping, _ = FORMATS["ultralytics"].render(hyp, {"adapter": "yolov5", "data": "x.yaml"})
+    mapping, _ = FORMATS["ultralytics"].render(hyp, {"adapter": "command", "data": "x.yaml"},
+                                               "h.yaml")
     assert "obj" not in mapping and "anchor_t" not in mapping
     assert set(mapping) - {"model", "data", "optimizer", "freeze"} <= set(ULTRALYTICS_HYP)
     get_cfg(defaults, mapping)
@@ -112,10 +161,10 @@ def test_export_through_the_tuner(tmp_path):
                                                CategoricalDistribution([0, 10, 24])},
         value=0.42, user_attrs={"hyp": hyp},
     ))
-    text = render(study, Pick(study.best_trial, "best value"))
+    text = render(study, Pick(study.best_trial, "best value"), filename="voc_hyp.yaml")
     loaded = yaml.safe_load(text)
     assert list(loaded) == SCRATCH_LOW_KEYS and loaded["lr0"] == 0.002
     command = next(line for line in text.splitlines() if "python train.py" in line)
     argv = shlex.split(command.split(": ", 1)[1])
     assert argv[argv.index("--freeze") + 1] == "24"
-    assert argv[argv.index("--hyp") + 1] == "best_hyp.yaml"
+    assert argv[argv.index("--hyp") + 1] == "voc_hyp.yaml"

@@ -113,7 +113,9 @@ def run_workers(job: SearchJob) -> None:
 
 def _seed_flag(seed: int | None, index: int) -> list[str]:
     """Worker ``index``'s seed: distinct per worker, reproducible from the study's seed."""
-    return [] if seed is None else ["--seed", str(seed + index - 1)]
+    # a trailing --set: overrides apply in order, so it wins over a --set search.seed=N of
+    # the user's command line (a --seed flag would not: --set applies after the flags)
+    return [] if seed is None else ["--set", f"search.seed={seed + index - 1}"]
 
 
 def _describe(code: int | None) -> str:

@@ -195,6 +195,11 @@ class StudySearch(OptunaSearch):
         self.budget = st.Budget(self.n_total, job.config.search.max_failures)
         self.history: dict[str, list[dict[str, float]]] = {}
         self.beats = st.Heartbeat(job.study)
+        # the optuna backend's timeout: start no trial after it, let the running ones finish.
+        # Ray's own time_budget_s stops running trials without telling the searcher, which
+        # would read as an interrupted run
+        timeout = job.config.search.timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray pickles the searcher with its experiment state, for a restore through Ray; the
@@ -209,6 +214,8 @@ class StudySearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.budget.stopped_for_failures:
+            return Searcher.FINISHED
+        if self.deadline is not None and time.monotonic() >= self.deadline:
             return Searcher.FINISHED
         with st.locked(self.job.lock):
             st.fail_stale_trials(self.job.study)
@@ -421,7 +428,6 @@ def run(job: SearchJob) -> None:
             scheduler=make_scheduler(config, max_epochs if isinstance(max_epochs, int) else None),
             num_samples=-1,  # the searcher says FINISHED when the study's total is reached
             max_concurrent_trials=job.options.concurrency,
-            time_budget_s=config.search.timeout,
             # one actor (process) runs trial after trial: data is decoded once per worker
             reuse_actors=True,
         ),
@@ -438,14 +444,18 @@ def run(job: SearchJob) -> None:
         f"{job.out_dir / 'ray'}"
     )
     interrupted = False
+    reason = "interrupted (Ctrl-C)"
     try:
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
+    except Exception as exc:
+        reason = f"the Ray run failed: {type(exc).__name__}: {exc}"[:2000]
+        raise
     finally:
         # Ray handles Ctrl-C itself (it stops its trials and fit returns): trials left
-        # unfinished mean an interrupted run
-        interrupted = searcher.fail_unfinished("interrupted (Ctrl-C)") > 0 or interrupted
+        # unfinished mean an interrupted run (the timeout lets running trials finish)
+        interrupted = searcher.fail_unfinished(reason) > 0 or interrupted
         searcher.beats.stop()
         if started_here:
             ray.shutdown()
