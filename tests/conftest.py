@@ -13,6 +13,15 @@ register_adapter("curve-noseed", "tests.fakes:NoSeedCurveAdapter")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie is gone for every purpose but its table entry; Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Run in a temporary folder, so ``studies/`` and its caches are private to the test."""

@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, process_alive
 from tuner.cli import main
 
 SPACE = """
@@ -174,3 +174,53 @@ def test_each_worker_gets_its_own_seed_however_the_seed_was_given(workdir, user_
         args = build_parser().parse_args([*argv, *_seed_flag(5, index)])
         seeds.append(load_space(args.space, _space_overrides(args)).search.seed)
     assert seeds == [5, 6]
+
+
+SLOW_SCRIPT = """
+import json, os, sys, time
+with open("train.pid", "w") as out:
+    out.write(str(os.getpid()))
+with open(os.environ["TUNER_METRICS_FILE"], "a") as rows:
+    rows.write(json.dumps({"val/acc": 0.5}) + "\\n")
+time.sleep(120)
+"""
+SLOW_SPACE = """
+study: s
+trainer:
+  adapter: command
+  command: ["{{python}}", "{script}"]
+  metrics_file: metrics.jsonl
+  metrics: [val/acc]
+  metric: val/acc
+  epochs: 3
+  keys: [lr0]
+  grace: 2
+base: {{lr0: 0.001}}
+search: {{n_trials: 3, seed: 0}}
+space:
+  lr0: {{type: float, low: 1.0e-4, high: 1.0e-1, log: true}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals and /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_a_stopped_tuner_takes_its_training_subprocess_with_it(workdir, signum):
+    """SIGTERM stops the tuner as Ctrl-C does (trial recorded, child stopped, exit 130); even a
+    SIGKILLed tuner does not leave a training process running in its own session."""
+    script = workdir / "train.py"
+    script.write_text(SLOW_SCRIPT)
+    (workdir / "s.yaml").write_text(SLOW_SPACE.format(script=script))
+    proc = tuner_process(workdir, "search", "--space", "s.yaml")
+    pid_file = workdir / "train.pid"  # the script runs in the current folder
+    wait_for(lambda: pid_file.exists() and pid_file.read_text())
+    wait_for(lambda: bool(load().trials) and bool(load().trials[0].intermediate_values))
+    child = int(pid_file.read_text())
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    wait_for(lambda: not process_alive(child), timeout=30)
+    if signum == signal.SIGTERM:
+        assert proc.returncode == 130, err
+        trial = load().trials[0]
+        assert trial.state == optuna.trial.TrialState.FAIL
+        assert trial.user_attrs["fail_reason"] == "interrupted (SIGTERM)"

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.base import Adapter, ConfigError, Pruned, Reporter, TrialError, TrialResult
+from trainer.memory import RssSampler
 from trainer.yolo_common import (
     FREEZE_DEFAULTS,
     ULTRALYTICS_HYP,
@@ -339,6 +340,7 @@ class _TrialState:
         self.pending = False  # an epoch finished training and awaits its validation
         self.started: float | None = None
         self.cuda_device: Any = None
+        self.rss: RssSampler | None = None  # on CPU: this trial's peak, not the process's
 
     def callbacks(self) -> dict[str, Callable[[Any], None]]:
         return {
@@ -370,6 +372,9 @@ class _TrialState:
         if trainer.device.type == "cuda":
             self.cuda_device = trainer.device
             torch.cuda.reset_peak_memory_stats(trainer.device)
+        else:
+            self.rss = RssSampler()
+            self.rss.start()
         self.started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: Any) -> None:
@@ -403,10 +408,19 @@ class _TrialState:
     def measure(self) -> None:
         if self.started is not None:
             self.result.train_seconds = time.perf_counter() - self.started
-        self.result.peak_memory_mb = _peak_memory_mb(self.cuda_device)
+        if self.cuda_device is not None:
+            import torch
+
+            peak = torch.cuda.max_memory_allocated(self.cuda_device) / 2**20
+            self.result.peak_memory_mb = round(peak, 1)
+        elif self.rss is not None:
+            self.result.peak_memory_mb = self.rss.peak_mb()
 
     def finish(self) -> None:
         self.measure()
+        if self.rss is not None:
+            self.rss.stop()
+            self.rss = None
 
 
 def _train_losses(trainer: Any) -> dict[str, Any]:
@@ -428,6 +442,12 @@ def _trainer_class(base: type, lr_decay: float) -> type:
             if lr_decay != 1.0:
                 apply_layer_decay(optimizer, model, lr_decay)
             return optimizer
+
+        def preprocess_batch(self, batch: Any) -> Any:
+            # Runs right after Ultralytics' warmup step set this batch's learning rates
+            if lr_decay != 1.0:
+                decay_bias_warmup(self.optimizer, self.args.warmup_bias_lr, self.lf(self.epoch))
+            return super().preprocess_batch(batch)
 
         def _setup_train(self, *args: Any, **kwargs: Any) -> Any:
             import ultralytics.engine.trainer as engine
@@ -477,10 +497,39 @@ def apply_layer_decay(optimizer: Any, model: Any, lr_decay: float) -> None:
             new["params"] = by_index[index]
             new["lr"] = group["lr"] * lr_decay ** (n_modules - 1 - index)
             new["module_index"] = index
+            new["decay_scale"] = lr_decay ** (n_modules - 1 - index)  # decay_bias_warmup
             groups.append(new)
     optimizer.param_groups.clear()
     for group in groups:
         optimizer.add_param_group(group)
+
+
+def decay_bias_warmup(optimizer: Any, warmup_bias_lr: float, factor: float) -> None:
+    """Start each bias group's warmup at ``warmup_bias_lr`` times its layer's decay.
+
+    Ultralytics' warmup moves every bias group from the one ``warmup_bias_lr`` (0.1) to its
+    target, so a module far from the head would start about a thousand times above its
+    decayed lr (yolov8n, lr_decay 0.8). The built-in trainer scales that start by the decay;
+    this does the same for Ultralytics: it reads how far Ultralytics' interpolation has gone
+    (``t`` from its lr) and puts the group at the same point between the decayed start and
+    the target. Outside warmup a group sits at its target, ``t`` is 1 and nothing changes.
+
+    Args:
+        optimizer: Groups split by :func:`apply_layer_decay` (``module_index``,
+            ``decay_scale``).
+        warmup_bias_lr: Ultralytics' (undecayed) start for bias groups.
+        factor: The scheduler's factor of this epoch (the target is ``initial_lr * factor``).
+    """
+    for group in optimizer.param_groups:
+        scale = group.get("decay_scale", 1.0)
+        if group.get("param_group") != "bias" or scale == 1.0:
+            continue
+        target = group["initial_lr"] * factor
+        span = target - warmup_bias_lr
+        t = 1.0 if abs(span) < 1e-12 else (group["lr"] - warmup_bias_lr) / span
+        t = min(max(t, 0.0), 1.0)
+        start = warmup_bias_lr * scale
+        group["lr"] = start + t * (target - start)
 
 
 # -- process-wide set-up ----------------------------------------------------------------------
@@ -550,20 +599,6 @@ def _release(model: Any) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _peak_memory_mb(cuda_device: Any) -> float | None:
-    if cuda_device is not None:
-        import torch
-
-        return round(torch.cuda.max_memory_allocated(cuda_device) / 2**20, 1)
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    # Peak RSS of this process (KiB on Linux, bytes on macOS), all trials so far included.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 # -- helpers ----------------------------------------------------------------------------------

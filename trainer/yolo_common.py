@@ -232,8 +232,12 @@ class MetricsFollower:
         self._pending = b""
         self._header: list[str] | None = None
 
-    def poll(self) -> list[dict[str, Any]]:
-        """Rows completed since the last call (values as parsed: floats, or strings in CSV)."""
+    def poll(self, final: bool = False) -> list[dict[str, Any]]:
+        """Rows completed since the last call (values as parsed: floats, or strings in CSV).
+
+        Args:
+            final: The writer has exited, so a last line without its newline is complete too.
+        """
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self._offset)
@@ -243,6 +247,9 @@ class MetricsFollower:
         self._offset += len(chunk)
         data = self._pending + chunk
         *lines, self._pending = data.split(b"\n")
+        if final and self._pending.strip():
+            lines.append(self._pending)
+            self._pending = b""
         rows = []
         for raw in lines:
             line = raw.decode("utf-8", errors="replace").strip()
@@ -384,12 +391,13 @@ def run_and_follow(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=os.name == "posix",
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         try:
             while True:
                 finished = _reap(proc, run)
                 # Read after the exit check, so rows written just before exiting are not lost.
-                for row in follower.poll():
+                for row in follower.poll(final=finished):
                     run.n_rows += 1
                     on_row(row)
                 if finished:
@@ -404,6 +412,19 @@ def run_and_follow(
         if os.name == "posix":
             _signal_group(proc.pid, signal.SIGKILL)
     return run
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the tuner's process dies, even by SIGKILL.
+
+    Its own session keeps it out of the terminal's Ctrl-C (the tuner stops it itself), so
+    without this a killed tuner would leave a training process running on the GPU. The
+    spawning thread waits for the child, so the thread's end cannot trigger it early.
+    """
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
 
 
 def _reap(proc: subprocess.Popen, run: ProcessRun) -> bool:

@@ -267,6 +267,10 @@ class YoloV5Adapter(Adapter):
 
         def on_row(row: dict[str, Any]) -> None:
             epoch = result.epochs_run
+            if epoch >= s.epochs:
+                # on COCO, train.py validates best.pt after the last epoch and writes that as
+                # one more row: not an epoch (it would be the best checkpoint's metrics)
+                return
             metrics = normalise_metrics(row)
             result.train_seconds = time.perf_counter() - proc.started
             check_losses(metrics, epoch, also=("fitness",))

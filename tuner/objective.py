@@ -165,8 +165,9 @@ class Objective:
             return self._trial(trial)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as exc:
+            # a bare KeyboardInterrupt is Ctrl-C; the CLI raises one saying "SIGTERM"
+            trial.set_user_attr("fail_reason", f"interrupted ({exc or 'Ctrl-C'})")
             raise
         except TrialError as exc:
             trial.set_user_attr("fail_reason", str(exc))

@@ -438,8 +438,10 @@ DIVERGED_FACTOR = 2
 class Budget:
     """Counts failures (and divergences) in a row; the study's total is kept by :func:`run`.
 
-    Finished means complete or pruned. The count is read from the storage, so trials of other
-    workers on the same study count too. The same counter serves every backend.
+    Finished means complete or pruned. The count is of the trials this process saw end (one
+    worker's, under ``--workers N`` each worker stops after its own ``max_failures``): trials
+    that failed because a run was interrupted or lost its worker, which the storage also
+    holds, say nothing about the setup. The same counter serves every backend.
     """
 
     def __init__(self, n_trials: int, max_failures: int) -> None:

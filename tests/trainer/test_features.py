@@ -49,6 +49,15 @@ def test_cached_training_gives_the_same_curves_as_running_the_prefix(
     assert curves(cached) == pytest.approx(curves(plain), rel=1e-4, abs=1e-5)
 
 
+def test_a_pruned_trial_says_whether_it_used_the_cache(make_adapter, tmp_path):
+    from trainer.base import Pruned
+
+    with pytest.raises(Pruned) as caught:
+        make_adapter(epochs=3).run({**NO_AUG, "freeze": 5}, RecordingReporter(prune_after=1),
+                                   tmp_path / "p")
+    assert caught.value.result.extra["feature_cache"] == "train+val"
+
+
 def test_features_are_computed_once_and_shared_by_trials(make_adapter, tmp_path):
     adapter = make_adapter()
     store = features.store()
@@ -113,7 +122,7 @@ def test_store_spills_to_disk_beyond_its_memory_bound():
     values = [torch.randn(8, 40, 2, 2) for _ in sets]  # 5120 bytes each: over the bound
     device = torch.device("cpu")
     got = [
-        store.get(model, 1, images, device, lambda v=v: v, digest="d")
+        store.get(model, 1, images, device, lambda v=v: v.split(3), digest="d")
         for images, v in zip(sets, values)
     ]
     assert store.memory_bytes() <= 5000
@@ -126,6 +135,27 @@ def test_store_spills_to_disk_beyond_its_memory_bound():
     folder = on_disk[0].path.parent
     store.clear()
     assert not folder.exists()
+
+
+def test_an_entry_over_the_bound_goes_straight_to_disk():
+    """An entry larger than the whole bound is written batch by batch into its file: it is
+    never in memory whole (on a GPU it would not fit next to the model)."""
+    store = FeatureStore(max_bytes=1000)
+    model = build_model("resnet18", 2)
+    images = torch.zeros(8, 3, 8, 8, dtype=torch.uint8)
+    value = torch.randn(8, 40, 2, 2)  # 5120 bytes
+    seen = []
+
+    def batches():
+        for part in value.split(3):
+            # nothing of the entry is held in memory while it is written
+            seen.append(store.memory_bytes())
+            yield part
+
+    feats = store.get(model, 1, images, torch.device("cpu"), batches, digest="d")
+    assert feats.memory is None and feats.path.exists() and seen == [0, 0, 0]
+    assert torch.equal(feats.take(torch.arange(8), torch.device("cpu")), value)
+    store.clear()
 
 
 def test_cache_settings_are_validated(make_adapter):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import process_alive
 from trainer import detection_data
 from trainer.base import DivergedError, TrialError
 from trainer.yolo_common import (
@@ -23,6 +24,7 @@ from trainer.yolo_common import (
     normalise_metrics,
     offline_env,
     provide_fonts,
+    run_and_follow,
     terminate_process_group,
     yaml_modules,
     yolov5_hyp_file,
@@ -109,6 +111,20 @@ def test_follower_reads_json_lines(tmp_path):
         follower.poll()
 
 
+def test_a_last_row_without_its_newline_counts_once_the_writer_exits(tmp_path):
+    rows = []
+    code = ("import json, sys\n"
+            f"open({str(tmp_path / 'm.jsonl')!r}, 'w').write("
+            "json.dumps({'acc': 0.1}) + '\\n' + json.dumps({'acc': 0.2}))\n")
+    run = run_and_follow([sys.executable, "-c", code], cwd=tmp_path, env=os.environ,
+                         log_path=tmp_path / "log.txt", metrics_path=tmp_path / "m.jsonl",
+                         on_row=rows.append, poll_interval=0.05)
+    assert run.returncode == 0 and rows == [{"acc": 0.1}, {"acc": 0.2}]
+    follower = MetricsFollower(tmp_path / "m.jsonl")
+    assert follower.poll() == [{"acc": 0.1}]  # while the writer may still be writing it
+    assert follower.poll(final=True) == [{"acc": 0.2}]
+
+
 def test_terminate_process_group_kills_children(tmp_path):
     pid_file = tmp_path / "child.pid"
     code = ("import subprocess, sys, time\n"
@@ -123,17 +139,9 @@ def test_terminate_process_group_kills_children(tmp_path):
     terminate_process_group(proc, grace=2)
     assert proc.returncode is not None
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while process_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not process_alive(child)
 
 
 def test_yolov5_hyp_file_has_every_key_in_order():

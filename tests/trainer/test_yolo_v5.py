@@ -156,6 +156,15 @@ def test_crash_is_a_trial_error_with_the_log_tail(tmp_path, files):
     assert info.value.result.epochs_run == 1
 
 
+def test_the_best_checkpoint_row_after_the_last_epoch_is_no_epoch(tmp_path, files):
+    adapter = make(tmp_path, files, epochs=3, env={"FAKE_YOLOV5_SLEEP": "0.05",
+                                                    "FAKE_YOLOV5_COCO": "1"})
+    reporter = RecordingReporter()
+    result = adapter.run(adapter.default_hyp(), reporter, trial_dir(tmp_path))
+    assert [epoch for epoch, _ in reporter.calls] == [0, 1, 2]
+    assert result.epochs_run == 3 and result.history[-1]["mAP50"] < 0.99
+
+
 def test_nan_loss_stops_the_run(tmp_path, files):
     adapter = make(tmp_path, files, epochs=30)
     started = time.perf_counter()

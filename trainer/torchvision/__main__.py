@@ -1,9 +1,11 @@
 """Train one configuration to the end: ``python -m trainer.torchvision --hyp best_hyp.yaml``.
 
 This is how a tuned configuration is trained full length: the hyp file exported by the tuner
-(a flat mapping of hyp keys; a ``hyp:`` section is accepted too), the same settings as the
-study unless overridden by flags. Prints every epoch's metrics and saves ``last.pt``
-(``{"model": state_dict, ...}``, loadable again with ``--weights last.pt``) into ``--out``.
+(a flat mapping of hyp keys; a ``hyp:`` section is accepted too), with the study's trainer
+settings when ``--config studies/<study>/config.yaml`` (the resolved config the search wrote)
+is given, else the adapter's defaults; flags override either (``--epochs 90``). Prints every
+epoch's metrics and saves ``last.pt`` (``{"model": state_dict, ...}``, loadable again with
+``--weights last.pt``) into ``--out``.
 
 ``--blocks`` only prints the block table of ``--model`` (what ``freeze=N`` means).
 """
@@ -39,6 +41,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Fine-tune a torchvision classifier with one hyp configuration.",
     )
     parser.add_argument("--hyp", type=Path, help="hyp YAML (e.g. the tuner's best_hyp.yaml)")
+    parser.add_argument(
+        "--config", type=Path,
+        help="a study's resolved config (studies/<study>/config.yaml): its trainer settings",
+    )
     parser.add_argument("--model", help="resnet18, resnet34, resnet50, mobilenet_v3_small, ...")
     parser.add_argument("--data", help="'synthetic' or an ImageFolder root with train/ and val/")
     parser.add_argument("--weights", help="pretrain, none, a torchvision weights name or a path")
@@ -73,18 +79,41 @@ def read_hyp(path: Path) -> dict[str, Any]:
     return dict(loaded)
 
 
+def read_settings(path: Path) -> dict[str, Any]:
+    """The ``trainer:`` settings of a study's resolved config (without ``adapter``).
+
+    Raises:
+        ConfigError: The file is missing, has no trainer mapping, or is another adapter's.
+    """
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError("config", f"no such file: {path}")
+    with path.open() as handle:
+        loaded = yaml.safe_load(handle) or {}
+    trainer = loaded.get("trainer") if isinstance(loaded, Mapping) else None
+    if not isinstance(trainer, Mapping):
+        raise ConfigError("config", f"{path} has no trainer: mapping")
+    settings = dict(trainer)
+    adapter = settings.pop("adapter", "torchvision")
+    if adapter != "torchvision":
+        raise ConfigError("config", f"{path} is a study of the {adapter!r} adapter")
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, 1 for a failed run)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from trainer.torchvision.adapter import TorchvisionAdapter  # torch loads only now
 
-    settings = {
+    flags = {
         key: getattr(args, key)
         for key in ("model", "data", "weights", "epochs", "imgsz", "batch", "device")
         if getattr(args, key) is not None
     }
     try:
+        settings = {**(read_settings(args.config) if args.config else {}), **flags}
         adapter = TorchvisionAdapter(settings, args.cache_dir)
         if args.blocks:
             print(adapter.describe())

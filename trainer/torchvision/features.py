@@ -13,8 +13,10 @@ Entries are keyed by a digest of the prefix's weights and buffers (so a differen
 seed or freeze index never hits a stale entry), the dataset and the device. Memory is bounded:
 entries are kept in memory up to ``max_bytes`` in all; beyond that the least recently used
 ones are moved to ``.npy`` files in a private temporary folder and read back memory-mapped
-(only the rows a batch needs), so a large dataset costs disk, not RAM. The folder goes away
-with the process.
+(only the rows a batch needs), so a large dataset costs disk, not RAM. An entry larger than
+the bound by itself is written batch by batch straight into its file (computing it in memory
+first would need all of it at once, on the GPU when it runs there). The folder goes away with
+the process.
 
 What is NOT cached, because it would not be exact: a prefix with a stochastic layer
 (dropout, stochastic depth: :func:`stochastic_layers`) for training data, training data with
@@ -30,7 +32,7 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +145,7 @@ class FeatureStore:
         n_frozen: int,
         images: torch.Tensor,
         device: torch.device,
-        compute: Callable[[], torch.Tensor],
+        compute: Callable[[], Iterable[torch.Tensor]],
         digest: str | None = None,
     ) -> Features:
         """The cached features of ``images`` through blocks ``0..n_frozen-1``.
@@ -153,7 +155,8 @@ class FeatureStore:
             n_frozen: Frozen blocks.
             images: The dataset's uint8 images (their identity is part of the key).
             device: Where the features are computed.
-            compute: Computes them on a miss.
+            compute: On a miss, yields the features batch by batch, in row order
+                (:func:`prefix_batches`).
             digest: :func:`prefix_digest` of the model, if the caller has it already.
         """
         key = (digest or prefix_digest(model, n_frozen), n_frozen, id(images), str(device))
@@ -163,13 +166,52 @@ class FeatureStore:
                 self._entries.move_to_end(key)
                 self.n_hits += 1
                 return entry
-        features = Features(compute().detach())
+        features = self._fill(iter(compute()), len(images), key)
         with self._lock:
             self._entries[key] = features
             self._pinned[id(images)] = images
             self.n_computed += 1
             self._bound()
         return features
+
+    def _fill(self, batches: Iterator[torch.Tensor], n_rows: int, key: tuple) -> Features:
+        """One entry from its batches, preallocated from the first batch's shape.
+
+        In memory (where the batches are) when it fits ``max_bytes``, else straight into a
+        ``.npy`` file: the entry is never held twice (a list of batches, then their
+        concatenation) and never in memory at all when it is over the bound.
+        """
+        first = next(batches).detach()
+        shape = (n_rows, *first.shape[1:])
+        n_bytes = first[:1].numel() * first.element_size() * n_rows
+        if n_bytes <= self.max_bytes:
+            channels_last = first.dim() == 4 and first.is_contiguous(
+                memory_format=torch.channels_last
+            )
+            out = torch.empty(shape, dtype=first.dtype, device=first.device)
+            if channels_last:
+                out = out.contiguous(memory_format=torch.channels_last)
+            write = out
+        else:
+            with self._lock:
+                path = self._spill_folder() / f"f{abs(hash(key)):x}.npy"
+            dtype = torch.empty((), dtype=first.dtype).numpy().dtype
+            write = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        start = 0
+        for batch in (first, *batches):
+            stop = start + len(batch)
+            if isinstance(write, torch.Tensor):
+                write[start:stop] = batch.detach()
+            else:
+                write[start:stop] = batch.detach().cpu().numpy()
+            start = stop
+        if start != n_rows:
+            raise ValueError(f"the prefix gave {start} rows for {n_rows} images")
+        if isinstance(write, torch.Tensor):
+            return Features(write)
+        write.flush()
+        del write
+        return Features(None, path)
 
     def memory_bytes(self) -> int:
         """Bytes of features held in memory now."""
@@ -211,14 +253,15 @@ def store() -> FeatureStore:
     return _store
 
 
-def prefix_outputs(
+def prefix_batches(
     model: BlockModel,
     images: torch.Tensor,
     n_frozen: int,
     batch: int,
     to_input: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """Run blocks ``0..n_frozen-1`` over ``images`` without gradients, in eval mode.
+) -> Iterator[torch.Tensor]:
+    """Run blocks ``0..n_frozen-1`` over ``images`` without gradients, in eval mode, yielding
+    the outputs batch by batch (so a large entry never needs to be in memory whole).
 
     Eval mode here equals the frozen prefix's train-mode behaviour exactly when its BatchNorm
     layers are kept in eval (``bn_frozen: eval``) and it has no stochastic layers, which the
@@ -228,12 +271,12 @@ def prefix_outputs(
     prefix = model.blocks[:n_frozen]
     for block in prefix:
         block.eval()
-    outputs = []
-    with torch.no_grad():
+    try:
         for index in torch.arange(len(images)).split(batch):
-            x = to_input(images[index])
-            for block in prefix:
-                x = block(x)
-            outputs.append(x)
-    model.train(was_training)
-    return torch.cat(outputs)
+            with torch.no_grad():
+                x = to_input(images[index])
+                for block in prefix:
+                    x = block(x)
+            yield x
+    finally:
+        model.train(was_training)

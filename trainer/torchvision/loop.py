@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import math
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,14 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from trainer.base import DivergedError, Pruned, Reporter, TrialError, TrialResult
+from trainer.memory import RssSampler
 from trainer.torchvision.augment import Augmenter
 from trainer.torchvision.blocks import BlockModel
 from trainer.torchvision.data import TensorSet
 from trainer.torchvision.features import (
     Features,
     FeatureStore,
+    prefix_batches,
     prefix_digest,
-    prefix_outputs,
     stochastic_layers,
     store,
 )
@@ -159,6 +159,7 @@ def train(
         except (Pruned, TrialError) as exc:
             result.train_seconds = time.perf_counter() - start
             result.peak_memory_mb = peak()
+            result.extra["feature_cache"] = cache.summary()  # pruned trials used it too
             exc.result = result
             raise
         except torch.cuda.OutOfMemoryError as exc:
@@ -208,7 +209,7 @@ class _Cache:
             n_frozen,
             data.images,
             device,
-            lambda: prefix_outputs(
+            lambda: prefix_batches(
                 self.model, data.images, n_frozen, batch, lambda x: to_input(x, device)
             ),
             digest=self.digests[n_frozen],
@@ -361,42 +362,10 @@ def _peak_memory(device: torch.device) -> Iterator[Any]:
         torch.cuda.reset_peak_memory_stats(device)
         yield lambda: torch.cuda.max_memory_allocated(device) / 2**20
         return
-    sampler = _RssSampler()
+    sampler = RssSampler()
     sampler.start()
     try:
         yield sampler.peak_mb
     finally:
         sampler.stop()
-
-
-class _RssSampler(threading.Thread):
-    """Samples VmRSS every few milliseconds and keeps the maximum."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        super().__init__(daemon=True, name="rss-sampler")
-        self.interval = interval
-        self.peak_kb = _rss_kb() or 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            self.peak_kb = max(self.peak_kb, _rss_kb() or 0)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=1.0)
-
-    def peak_mb(self) -> float | None:
-        self.peak_kb = max(self.peak_kb, _rss_kb() or 0)
-        return round(self.peak_kb / 1024, 1) if self.peak_kb else None
-
-
-def _rss_kb() -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
     return None

@@ -53,6 +53,9 @@ EPOCH_KEY = "tuner_epoch"  # 1-based: the schedulers' time attribute
 SUMMARY_KEY = "tuner_summary"  # JSON: state, values, attrs, reason; absent from epoch results
 TRIAL_KEY = "tuner_trial"  # the Optuna trial number, added to each sampled config
 METRICS_KEY = "tuner_metrics"  # JSON: an epoch's metrics
+# seconds since adapter.run started, per epoch: a trial the scheduler stops has no summary,
+# and Ray's time_total_s also counts the worker's set-up (data decoding, weights)
+SECONDS_KEY = "tuner_run_seconds"
 
 
 # -- the trial, in a Ray worker --------------------------------------------------------------
@@ -67,6 +70,7 @@ class RayReporter:
 
     def __init__(self, metric: str) -> None:
         self.metric = metric
+        self.started = time.perf_counter()  # reset right before adapter.run
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
         from tuner.objective import checked_metric
@@ -75,7 +79,12 @@ class RayReporter:
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         # the objective metric by name for the scheduler; all metrics as one JSON string,
         # since Ray adds its own keys to a result (time_total_s, ...)
-        tune.report({self.metric: value, EPOCH_KEY: epoch + 1, METRICS_KEY: json.dumps(scalars)})
+        tune.report({
+            self.metric: value,
+            EPOCH_KEY: epoch + 1,
+            METRICS_KEY: json.dumps(scalars),
+            SECONDS_KEY: round(time.perf_counter() - self.started, 4),
+        })
 
 
 def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
@@ -107,6 +116,7 @@ def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
         adapter = config.make_adapter(Path(setup["cache_dir"]))
         adapter.prepare()
         reporter = RayReporter(config.objective.primary.metric)
+        reporter.started = time.perf_counter()
         result = adapter.run(hyp, reporter, trial_dir)
         summary = {"state": "COMPLETE", "values": trial_values(config, result)}
     except DivergedError as exc:
@@ -179,7 +189,8 @@ def _history_attrs(history: list[dict[str, float]], result: Mapping[str, Any]) -
     """The user attrs of a trial that Ray ended before its summary: what the driver saw."""
     return {
         "epochs_run": len(history),
-        "train_seconds": round(float(result.get("time_total_s", 0.0)), 4),
+        # the trainer's time up to its last epoch (Ray's own clock only for older results)
+        "train_seconds": round(float(result.get(SECONDS_KEY, result.get("time_total_s", 0.0))), 4),
         "history": history,
     }
 
