@@ -240,6 +240,20 @@ def test_importances_handle_conditional_params():
 # -- hand-made studies: exact numbers --------------------------------------------------------
 
 
+def test_gain_is_positive_for_an_improvement_in_either_direction(tmp_path):
+    """A loss study's best 0.2 against the baseline's 0.5 gained +0.3 (not -0.3), in the
+    report, the export header and ``tuner status`` alike."""
+    from tuner.cli import _status_text
+    from tuner.export import Pick, header_lines
+
+    study = hand_made(("minimize",), metrics=["val/loss"])
+    add(study, values=[0.5], freeze=0, baseline=True)
+    add(study, values=[0.2], freeze=3)
+    assert build_summary(study.trials, study_info(study)).gain == pytest.approx(0.3)
+    assert "gain +0.3" in "\n".join(header_lines(study, Pick(study.best_trial, "best"), None))
+    assert "gain +0.3" in _status_text(study, "memory")
+
+
 def test_summary_numbers_exact():
     study = hand_made(epochs=10)
     add(study, values=[0.5], freeze=0, baseline=True, epochs_run=10, train_seconds=20.0,

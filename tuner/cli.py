@@ -465,7 +465,7 @@ def _status_text(study: Any, storage_url: str) -> str:
             text = f"best {best.value:.6g} (trial {best.number})"
             if base is not None:
                 text += f"   baseline {base.value:.6g} (trial {base.number})"
-                text += f"   gain {best.value - base.value:+.6g}"
+                text += f"   gain {st.gain(best.value, base.value, directions[0]):+.6g}"
             lines.append(text)
             edges = edge_params(best)
             if edges:

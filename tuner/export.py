@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trainer.formats import FORMATS
 from tuner.confirm import ConfirmRecord, best_confirmed, load_record
 from tuner.errors import InputError
-from tuner.study import baseline_trial, best_trial, counts
+from tuner.study import baseline_trial, best_trial, counts, gain
 
 
 @dataclass(frozen=True)
@@ -268,14 +268,14 @@ def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[s
         lines.append(f"{metric} ({direction.name.lower()}): {_fmt(value)}")
     base = baseline_trial(study)
     if base is not None and base.values and values:
-        gain = values[0] - base.values[0]
+        direction = study.directions[0].name.lower()
         lines.append(
             f"baseline (trial {base.number}): {metrics[0]} {_fmt(base.values[0])}, "
-            f"gain {gain:+.6g}"
+            f"gain {gain(values[0], base.values[0], direction):+.6g}"
         )
     else:
         lines.append("baseline: not in this study")
-    lines += _confirm_lines(load_record(study), trial.number)
+    lines += _confirm_lines(load_record(study), trial.number, study.directions[0].name.lower())
     edges = edge_params(trial)
     if edges:
         lines.append(
@@ -289,7 +289,7 @@ def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[s
     return lines
 
 
-def _confirm_lines(record: ConfirmRecord | None, number: int) -> list[str]:
+def _confirm_lines(record: ConfirmRecord | None, number: int, direction: str) -> list[str]:
     """The fresh-seed means of the pick and the baseline (what the pick is worth)."""
     if record is None or number not in record.confirmed:
         return []
@@ -309,7 +309,9 @@ def _confirm_lines(record: ConfirmRecord | None, number: int) -> list[str]:
         lines.append(f"baseline (trial {base}) on the same seeds: mean {spread(base)}")
         pick_mean, base_mean = record.mean(number), record.mean(base)
         if pick_mean is not None and base_mean is not None:
-            lines.append(f"gain on fresh seeds {pick_mean - base_mean:+.6g}")
+            lines.append(
+                f"gain on fresh seeds {gain(pick_mean, base_mean, direction):+.6g}"
+            )
     return lines
 
 

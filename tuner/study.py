@@ -413,6 +413,20 @@ def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def gain(value: float, base: float, direction: str) -> float:
+    """What ``value`` gained over the baseline's ``base``: positive is better, either way.
+
+    For a minimised metric (a loss) that is ``base - value``, so "gain +0.05" always reads as
+    an improvement.
+
+    Args:
+        value: The trial's (or mean) value.
+        base: The baseline's value.
+        direction: ``maximize`` or ``minimize``.
+    """
+    return value - base if direction == "maximize" else base - value
+
+
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
     """The baseline trial, if it finished."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

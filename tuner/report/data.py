@@ -18,6 +18,8 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.study import gain as study_gain
+
 FreezeKey = int | str
 # PED-ANOVA compares the top trials with the rest; its authors want >= 5 trials in the top
 # quantile, so below this many complete trials a fallback evaluator is used.
@@ -767,7 +769,8 @@ class Summary:
         best: The trial with the best primary metric (in a multi-objective study: the best
             primary metric on the Pareto front).
         baseline: The baseline trial, if it finished.
-        gain: ``best - baseline`` in the primary metric.
+        gain: What the best trial gained over the baseline in the primary metric (positive is
+            better, also for a minimised metric: :func:`tuner.study.gain`).
         knee: The knee of the Pareto front (multi-objective studies only).
         n_epochs_run: Epochs trained by all trials (failed ones included).
         train_seconds: Train seconds of all trials.
@@ -828,7 +831,9 @@ def build_summary(trials: Sequence[FrozenTrial], info: StudyInfo) -> Summary:
     by_state = Counter(t.state.name for t in trials)
     best = best_primary(trials, info)
     base = next((t for t in complete_trials(trials) if t.user_attrs.get("baseline")), None)
-    gain = best.values[0] - base.values[0] if best is not None and base is not None else None
+    gain = None
+    if best is not None and base is not None:
+        gain = study_gain(best.values[0], base.values[0], info.directions[0])
     knee = knee_trial(trials, info) if info.is_multi else None
 
     def attr(t: FrozenTrial, key: str) -> float:
