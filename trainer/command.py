@@ -22,6 +22,7 @@ Example ``trainer:`` section::
       defaults: {dropout: 0.1}           # hyp defaults for keys outside the YOLO set
       cwd: path/to/project               # default: the current folder
       env: {CUDA_VISIBLE_DEVICES: "0"}
+      timeout: 3600                      # seconds a trial may run, then it fails (default none)
 
 Placeholders: ``{hyp}`` (the hyp YAML), ``{freeze}``, ``{epochs}``, ``{trial_dir}``,
 ``{device}``, ``{metrics_file}`` (absolute), ``{python}`` (this interpreter), ``{seed}`` (the
@@ -96,6 +97,7 @@ class CommandSettings:
     keys: tuple[str, ...] = tuple(COMMON_HYP)
     defaults: dict[str, Any] = field(default_factory=dict)
     grace: float = 10.0
+    timeout: float | None = None  # seconds a trial's process may run (None: no limit)
 
 
 class _HybridMethod:
@@ -174,6 +176,7 @@ class CommandAdapter(Adapter):
             keys=tuple(keys),
             defaults=defaults,
             grace=reader.number("grace", 10.0, minimum=0.0),
+            timeout=reader.seconds("timeout"),
         )
         # Per instance: what the user's script supports and reports.
         self.supported_keys = frozenset(keys)
@@ -284,7 +287,8 @@ class CommandAdapter(Adapter):
 
         try:
             run_and_follow(cmd, cwd=Path(s.cwd) if s.cwd else None, env=env, log_path=log,
-                           metrics_path=metrics_path, on_row=on_row, grace=s.grace, run=proc)
+                           metrics_path=metrics_path, on_row=on_row, grace=s.grace,
+                           timeout=s.timeout, run=proc)
         except FileNotFoundError as exc:  # the program itself does not exist
             raise TrialError(f"cannot run {cmd[0]!r}: {exc.strerror or exc}", result) from None
         except Pruned as exc:

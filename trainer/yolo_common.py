@@ -364,6 +364,7 @@ def run_and_follow(
     grace: float = 10.0,
     kind: str | None = None,
     run: ProcessRun | None = None,
+    timeout: float | None = None,
 ) -> ProcessRun:
     """Run ``cmd`` in its own process group, passing each new metrics row to ``on_row``.
 
@@ -371,6 +372,8 @@ def run_and_follow(
     thread is interrupted, the whole process group is terminated before the exception goes on.
 
     Args:
+        timeout: Seconds the process may run; past them its group is stopped and
+            :class:`TrialError` raised (a hung training would block the study for ever).
         run: Filled in as the process runs; pass one to still have it when an exception
             (a prune) leaves this function.
 
@@ -402,6 +405,11 @@ def run_and_follow(
                     on_row(row)
                 if finished:
                     break
+                if timeout is not None and time.perf_counter() - started > timeout:
+                    raise TrialError(
+                        f"ran past its time limit of {timeout:g} s (trainer.timeout) after "
+                        f"{run.n_rows} epoch(s); stopped"
+                    )
                 time.sleep(poll_interval)
         except BaseException:
             terminate_process_group(proc, grace, run)
@@ -587,6 +595,15 @@ class SettingsReader:
         if minimum is not None and value < minimum:
             raise ConfigError(key, f"must be >= {minimum}, got {value}")
         return float(value)
+
+    def seconds(self, key: str) -> float | None:
+        """An optional positive number of seconds (None: no limit)."""
+        if self.raw.get(key) is None:
+            return None
+        value = self.number(key, 0.0)
+        if value <= 0:
+            raise ConfigError(key, f"must be > 0 seconds (or null: no limit), got {value}")
+        return value
 
     def boolean(self, key: str, default: bool) -> bool:
         """A true/false setting."""

@@ -20,8 +20,9 @@ as ``Arial.ttf``, and ``YOLO_OFFLINE=true``.
 Settings (``trainer:`` section): ``yolov5_dir`` (required), ``data`` (a data YAML or
 ``synthetic``), ``weights`` (a local ``.pt`` or ``''`` with ``cfg``), ``cfg``, ``imgsz``,
 ``batch``, ``epochs``, ``device``, ``workers``, ``seed``, ``python``, ``noplots``,
-``extra_args``, ``env``, ``grace``, ``synthetic``. Relative paths are taken from the current
-folder first, then from ``yolov5_dir``.
+``extra_args``, ``env``, ``grace``, ``timeout`` (seconds a trial's ``train.py`` may run, then
+it is stopped and the trial fails; default none), ``synthetic``. Relative paths are taken from
+the current folder first, then from ``yolov5_dir``.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class YoloV5Settings:
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     grace: float = 10.0
+    timeout: float | None = None  # seconds a trial's process may run (None: no limit)
     synthetic: dict[str, int] = field(default_factory=dict)
 
 
@@ -133,6 +135,7 @@ class YoloV5Adapter(Adapter):
             extra_args=tuple(extra_args),
             env={key: str(value) for key, value in env.items()},
             grace=reader.number("grace", 10.0, minimum=0.0),
+            timeout=reader.seconds("timeout"),
             synthetic=synthetic_spec(reader, imgsz),
         )
 
@@ -279,7 +282,8 @@ class YoloV5Adapter(Adapter):
 
         try:
             run_and_follow(cmd, cwd=Path(s.yolov5_dir), env=env, log_path=log, metrics_path=csv,
-                           on_row=on_row, grace=s.grace, kind="csv", run=proc)
+                           on_row=on_row, grace=s.grace, timeout=s.timeout, kind="csv",
+                           run=proc)
         except Pruned as exc:
             _finish(result, proc)
             exc.result = result

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.adapter_contract import AdapterContract, RecordingReporter
+from tests.conftest import process_alive
 from trainer.base import ConfigError, Pruned, TrialError
 from trainer.command import COMMON_HYP, CommandAdapter
 
@@ -184,3 +185,27 @@ def test_space_uses_instance_keys_and_metrics(tmp_path):
     }))
     with pytest.raises(InputError, match="space.momentum"):
         load_space(space, cache_dir=tmp_path)
+
+
+def test_a_trial_past_its_timeout_is_stopped_and_fails(tmp_path):
+    """A hung script (one row, then nothing) is stopped at ``timeout``, not waited for."""
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import json, os, time\n"
+        "open(os.environ['TUNER_METRICS_FILE'], 'a').write(json.dumps({'fitness': 0.1}) + '\\n')\n"
+        "open('hang.pid', 'w').write(str(os.getpid()))\n"
+        "time.sleep(120)\n"
+    )
+    adapter = CommandAdapter(
+        {"command": [sys.executable, str(script)], "metrics_file": "m.jsonl", "epochs": 3,
+         "timeout": 1.5, "grace": 1, "cwd": str(tmp_path)},
+        tmp_path / "cache",
+    )
+    (tmp_path / "trial").mkdir()
+    started = time.perf_counter()
+    with pytest.raises(TrialError, match=r"time limit of 1.5 s \(trainer.timeout\) after 1"):
+        adapter.run(adapter.default_hyp(), RecordingReporter(), tmp_path / "trial")
+    assert time.perf_counter() - started < 10
+    assert not process_alive(int((tmp_path / "hang.pid").read_text()))
+    with pytest.raises(ConfigError, match="timeout"):
+        CommandAdapter({"command": "x", "metrics_file": "m.csv", "timeout": 0}, tmp_path)
