@@ -82,7 +82,7 @@ def test_flags_override_the_space_file(space, workdir, capsys):
 
 
 def test_export_and_status(space, workdir, capsys):
-    main(["search", "--space", str(space)])
+    assert main(["search", "--space", str(space)]) == 0
     capsys.readouterr()
     url = "sqlite:///studies/demo-cli.db"
     assert main(["export", "--storage", url, "--trial", "0", "--out", "t0.yaml"]) == 0
@@ -90,6 +90,10 @@ def test_export_and_status(space, workdir, capsys):
     assert main(["export", "--storage", url, "--study", "nope", "--out", "t.yaml"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
     assert main(["export", "--storage", url, "--trial", "99", "--out", "t.yaml"]) == 2
+    assert "99" in capsys.readouterr().err and not (workdir / "t.yaml").exists()
+    assert main(["status", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "study demo-cli" in out and "baseline" in out and "top 5" in out
 
 
 def test_status_names_the_best_trials_values_at_a_bound():

@@ -42,8 +42,13 @@ def test_default_sampler_runs_a_multi_objective_study_without_pruning(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["nsga2", "random"])
 def test_other_multi_objective_samplers(tmp_path, sampler):
-    study = make_study(tmp_path, MULTI, ("search.n_trials=4", f"search.sampler={sampler}"))
+    overrides = ("search.n_trials=4", f"search.sampler={sampler}")
+    study = make_study(tmp_path, MULTI, overrides)
     assert st.counts(study) == {"COMPLETE": 4}
+    path = tmp_path / "m.yaml"
+    path.write_text(MULTI)
+    kinds = {"nsga2": optuna.samplers.NSGAIISampler, "random": optuna.samplers.RandomSampler}
+    assert isinstance(st.make_sampler(load_space(path, overrides)), kinds[sampler])
 
 
 def test_peak_memory_objective(tmp_path):

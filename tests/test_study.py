@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from tests.fakes import CurveAdapter
+from trainer.base import TrialError
 from tuner import study as st
 from tuner.errors import InputError, StudyError
 from tuner.export import Pick, edge_params, export, header_lines, load_hyp
@@ -219,10 +220,48 @@ def test_unknown_pruner_and_bad_args_are_input_errors(tmp_path):
         run_study(tmp_path, SPACE.replace("n_startup_trials: 4", "n_startup: 4"))
 
 
-@pytest.mark.parametrize("url", ["not-a-url", "nosuchdb://x/y", "postgresql://u@127.0.0.1:1/db"])
-def test_bad_storage_urls(url):
-    with pytest.raises(InputError, match="--storage"):
+@pytest.mark.parametrize("url,message", [
+    ("not-a-url", "'not-a-url' is not a storage URL"),
+    ("nosuchdb://x/y", "cannot open nosuchdb://x/y"),
+    ("postgresql://u@127.0.0.1:1/db", "cannot open postgresql://u@127.0.0.1:1/db"),
+])
+def test_bad_storage_urls(url, message):
+    with pytest.raises(InputError, match="--storage") as caught:
         st.open_storage(url)
+    assert message in str(caught.value)
+
+
+def test_same_seed_same_trials(tmp_path):
+    """A study is reproducible from its seed: the same sampled values, in the same order."""
+    def params(seed, folder):
+        folder.mkdir()
+        _, study = run_study(folder, overrides=["search.n_trials=8", f"search.seed={seed}"])
+        return [t.params for t in study.trials]
+
+    first = params(3, tmp_path / "a")
+    assert params(3, tmp_path / "b") == first
+    assert params(4, tmp_path / "c") != first
+
+
+@pytest.mark.parametrize("direction,how,value", [
+    ("maximize", "best", 0.9), ("maximize", "last", 0.7),
+    ("minimize", "best", 0.5), ("minimize", "last", 0.7),
+])
+def test_reduce_metric(direction, how, value):
+    from tuner.objective import reduce_metric
+
+    history = [{"m": 0.5}, {"m": 0.9}, {"m": 0.7}, {"other": 0.1}]
+    assert reduce_metric(history, "m", direction, how) == value
+    with pytest.raises(TrialError, match="'x' was never reported"):
+        reduce_metric(history, "x", direction, how)
+
+
+def test_timeout_starts_no_trial_after_it_and_lets_the_running_one_finish(tmp_path):
+    _, study = run_study(tmp_path, SPACE.replace("epochs: 5}", "epochs: 3, sleep: 0.2}"),
+                         overrides=["search.n_trials=100", "search.timeout=1"])
+    assert 1 <= len(study.trials) < 100
+    states = {t.state for t in study.trials}
+    assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
 
 
 def test_journal_storage(tmp_path):

@@ -140,6 +140,32 @@ def test_hyps_change_the_result(make_adapter, tmp_path):
     assert base.metrics["train/loss"] != other.metrics["train/loss"]
 
 
-def test_max_batches_per_epoch(make_adapter, tmp_path):
-    one = make_adapter(max_batches_per_epoch=1).run(FAST_HYP, RecordingReporter(), tmp_path)
-    assert one.epochs_run == 2
+def training_batch_sizes(adapter, tmp_path, monkeypatch):
+    """The batch size of every training step of one run (validation runs without grad)."""
+    import torch
+
+    from trainer.torchvision import loop
+
+    sizes = []
+    plain = loop.F.cross_entropy
+
+    def recording(logits, *args, **kwargs):
+        if torch.is_grad_enabled():
+            sizes.append(len(logits))
+        return plain(logits, *args, **kwargs)
+
+    monkeypatch.setattr(loop.F, "cross_entropy", recording)
+    adapter.run(FAST_HYP, RecordingReporter(), tmp_path)
+    return sizes
+
+
+def test_a_step_never_holds_more_than_batch_images(make_adapter, tmp_path, monkeypatch):
+    # 48 training images: batch 20 is 3 near-equal steps of 16 (not 2 of 24), per epoch
+    assert training_batch_sizes(make_adapter(batch=20), tmp_path, monkeypatch) == [16] * 6
+    assert training_batch_sizes(make_adapter(batch=16), tmp_path, monkeypatch) == [16] * 6
+    assert training_batch_sizes(make_adapter(batch=64), tmp_path, monkeypatch) == [48] * 2
+
+
+def test_max_batches_per_epoch(make_adapter, tmp_path, monkeypatch):
+    sizes = training_batch_sizes(make_adapter(max_batches_per_epoch=1), tmp_path, monkeypatch)
+    assert sizes == [16, 16]  # one step of the 3 per epoch, 2 epochs

@@ -86,11 +86,33 @@ def test_cache_only_where_exact(make_adapter, tmp_path):
     ] == "none"
 
 
-def test_frozen_augment_false_skips_augmentation_only_while_frozen(make_adapter, tmp_path):
+def test_frozen_augment_false_skips_augmentation_only_while_frozen(
+    make_adapter, tmp_path, monkeypatch
+):
+    from trainer.torchvision.augment import Augmenter
+
     hyp = {"freeze": 3, "unfreeze_epoch": 1, "fliplr": 0.5, "hsv_v": 0.4}
-    off = run(make_adapter(frozen_augment=False, feature_cache="off"), tmp_path, "x", **hyp)
-    augmented = run(make_adapter(feature_cache="off"), tmp_path, "y", **hyp)
-    assert curves(off)[0] != curves(augmented)[0]  # epoch 0 frozen: plain vs augmented
+    epochs_augmented: list[int] = []
+    plain_call = Augmenter.__call__
+
+    def recording(self, images, targets):
+        epochs_augmented.append(reporter_epochs[0])
+        return plain_call(self, images, targets)
+
+    monkeypatch.setattr(Augmenter, "__call__", recording)
+
+    class EpochReporter(RecordingReporter):
+        def report(self, epoch, metrics):
+            super().report(epoch, metrics)
+            reporter_epochs[0] = epoch + 1  # the next epoch's batches follow
+
+    for settings, wanted in (({"frozen_augment": False}, {1}), ({}, {0, 1})):
+        reporter_epochs, epochs_augmented[:] = [0], []
+        make_adapter(feature_cache="off", **settings).run(
+            {**NO_AUG, **hyp}, EpochReporter(), tmp_path / str(wanted)
+        )
+        # epoch 0 is frozen (freeze 3 until epoch 1): augmented only without frozen_augment off
+        assert set(epochs_augmented) == wanted
 
 
 def test_stochastic_prefix_layers_are_found():

@@ -26,6 +26,13 @@ def test_trains_the_exported_hyp_with_the_studys_settings(tmp_path, capsys):
     saved = torch.load(out / "last.pt", weights_only=True)
     assert len(saved["classes"]) == 3  # the study's synthetic task, not the default one
     assert saved["model_name"] == "resnet18"
+    assert saved["hyp"]["lr0"] == 0.02 and saved["hyp"]["freeze"] == 3  # the file's hyps
+    assert saved["hyp"]["momentum"] == 0.937  # the rest: the adapter's defaults
+    # a `hyp:` section (a resolved config's shape) is read the same way
+    wrapped = tmp_path / "wrapped.yaml"
+    wrapped.write_text(yaml.safe_dump({"hyp": {"lr0": 0.03}}))
+    assert main([*argv[:2], "--hyp", str(wrapped), *argv[4:]]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["hyp"]["lr0"] == 0.03
 
 
 def test_bad_config_is_exit_2(tmp_path, capsys):

@@ -279,9 +279,18 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return ((images - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
+def _n_chunks(n_images: int, batch: int) -> int:
+    """Batches that split ``n_images`` into near-equal chunks of at most ``batch`` images.
+
+    Near-equal (sizes differ by one at most) so no tiny last batch upsets BatchNorm; at most
+    ``batch`` so the setting is the most a step holds (memory, lr per image).
+    """
+    return max(1, math.ceil(n_images / batch))
+
+
 def _batch_count(n_images: int, config: LoopConfig) -> int:
-    """Batches per epoch: the data split evenly, so no tiny last batch upsets BatchNorm."""
-    n_batches = max(1, n_images // config.batch)
+    """Batches per epoch (:func:`_n_chunks`, capped by ``max_batches_per_epoch``)."""
+    n_batches = _n_chunks(n_images, config.batch)
     if config.max_batches_per_epoch is not None:
         n_batches = min(n_batches, config.max_batches_per_epoch)
     return n_batches
@@ -311,8 +320,8 @@ def _train_epoch(
     model.train()
     device = config.device
     perm = torch.randperm(len(data), generator=order)
-    # n_batches near-equal chunks of the shuffled data (a cap just drops the later chunks)
-    chunks = perm.tensor_split(max(1, len(data) // config.batch))[:n_batches]
+    # near-equal chunks of the shuffled data (a cap just drops the later chunks)
+    chunks = perm.tensor_split(_n_chunks(len(data), config.batch))[:n_batches]
     loss_sum = 0.0
     for batch, index in enumerate(chunks):
         schedule.step(epoch, batch)
