@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -205,10 +206,17 @@ def test_importances_ped_anova_with_enough_trials(tmp_path):
     assert list(values.values()) == sorted(values.values(), reverse=True)
 
 
-def test_importances_fall_back_and_handle_few_trials(study):
+@pytest.mark.parametrize("sklearn", [True, False], ids=["fanova", "rank-correlation"])
+def test_importances_fall_back_and_handle_few_trials(study, monkeypatch, sklearn):
+    if sklearn:
+        pytest.importorskip("sklearn", reason="scikit-learn (the dev extra) is not installed")
+    else:
+        monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn raises ImportError
     info = study_info(study)
     imp = build_importances(study, info)  # 6 complete trials: below PED-ANOVA's minimum
-    assert imp.method in ("fANOVA", "rank correlation") and "PED-ANOVA needs 10" in imp.note
+    assert imp.method == ("fANOVA" if sklearn else "rank correlation")
+    assert "PED-ANOVA needs 10" in imp.note
+    assert set(imp.by_objective["val/acc"]) == {"freeze", "lr0", "momentum"}
     assert sum(imp.by_objective["val/acc"].values()) == pytest.approx(1.0)
     empty = hand_made()
     add(empty, values=[0.5], freeze=1)
@@ -216,7 +224,12 @@ def test_importances_fall_back_and_handle_few_trials(study):
     assert one.by_objective == {} and "at least 2 complete trials" in one.note
 
 
-def test_importances_handle_conditional_params():
+@pytest.mark.parametrize("sklearn", [True, False], ids=["fanova", "rank-correlation"])
+def test_importances_handle_conditional_params(monkeypatch, sklearn):
+    if sklearn:
+        pytest.importorskip("sklearn", reason="scikit-learn (the dev extra) is not installed")
+    else:
+        monkeypatch.setitem(sys.modules, "sklearn", None)
     study = hand_made()
     for i in range(12):  # `x` exists in every trial, `lr_decay` only in odd ones
         params = {"x": i / 12} | ({"lr_decay": (i % 5) / 5} if i % 2 else {})
@@ -231,8 +244,9 @@ def test_importances_handle_conditional_params():
     for t in study.trials[:6]:
         few.add_trial(t)
     imp = build_importances(few, study_info(few))
-    if imp.method == "fANOVA":
-        assert "lr_decay" in imp.skipped  # fANOVA needs every trial to hold the param
+    if sklearn:
+        assert imp.method == "fANOVA" and "lr_decay" in imp.skipped  # needs it in every trial
+        assert "lr_decay" not in imp.by_objective["val/acc"]
     else:
         assert imp.method == "rank correlation" and "lr_decay" in imp.by_objective["val/acc"]
 
