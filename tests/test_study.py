@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import optuna
 import pytest
 import yaml
@@ -321,3 +323,42 @@ def test_a_search_leaves_the_garbage_collector_as_it_found_it(tmp_path, monkeypa
     # frozen during the trials (long-lived objects out of the per-trial collection), not after
     assert len(seen) == 2 and all(n > 1000 for n in seen)
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_trial_of_a_silent_worker_elsewhere_fails_and_is_retried_once(tmp_path, kind):
+    """Another machine's worker cannot be looked up: its missed heartbeats fail its trial,
+    whose configuration runs again, once (a config that kills its worker twice is dropped)."""
+    url = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path}/s.db"
+    storage = st.open_storage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="h", direction="maximize")
+    elsewhere = {"host": "other-machine", "pid": 4242, "pid_table": "not-this-one"}
+
+    def silent_trial(params=None):
+        trial = study.ask({"lr0": optuna.distributions.FloatDistribution(1e-4, 1.0)}
+                          if params is None else None)
+        if params is not None:  # a queued retry: its fixed params are applied on suggest
+            trial.suggest_float("lr0", 1e-4, 1.0)
+        storage.set_trial_system_attr(trial._trial_id, st.WORKER_ATTR, elsewhere)
+        if kind == "journal":
+            storage.set_trial_system_attr(trial._trial_id, st.HEARTBEAT_ATTR, time.time() - 60)
+        else:
+            storage.record_heartbeat(trial._trial_id)
+        return trial
+
+    first = silent_trial()
+    time.sleep(2.2)  # past the grace period without a beat
+    assert st.fail_stale_trials(study) == [first.number]
+    lost = study.trials[first.number]
+    assert lost.state == optuna.trial.TrialState.FAIL
+    assert lost.user_attrs["fail_reason"] == (
+        "worker lost: no heartbeat from pid 4242 on other-machine for over 1s"
+    )
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.params for t in waiting] == [lost.params]
+    assert waiting[0].user_attrs["retry_of"] == first.number
+    retry = silent_trial(params=lost.params)
+    assert retry.params == lost.params
+    time.sleep(2.2)
+    assert st.fail_stale_trials(study) == [retry.number]
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # retried once only

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from tests.adapter_contract import AdapterContract, RecordingReporter
-from trainer.base import ConfigError, DivergedError, get_adapter
+from trainer.base import ConfigError, DivergedError, TrialError, get_adapter
 from trainer.torchvision import data
 from trainer.torchvision.adapter import TorchvisionAdapter
 from trainer.torchvision.settings import DEFAULT_HYP
@@ -164,6 +164,21 @@ def test_a_step_never_holds_more_than_batch_images(make_adapter, tmp_path, monke
     assert training_batch_sizes(make_adapter(batch=20), tmp_path, monkeypatch) == [16] * 6
     assert training_batch_sizes(make_adapter(batch=16), tmp_path, monkeypatch) == [16] * 6
     assert training_batch_sizes(make_adapter(batch=64), tmp_path, monkeypatch) == [48] * 2
+
+
+def test_out_of_memory_is_a_trial_error_naming_the_cure(make_adapter, tmp_path, monkeypatch):
+    import torch
+
+    from trainer.torchvision import loop
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "_train_epoch", oom)
+    with pytest.raises(TrialError, match=r"out of memory on cpu \(batch 16, 16 px\); lower "
+                                         r"batch or imgsz") as caught:
+        make_adapter().run(FAST_HYP, RecordingReporter(), tmp_path)
+    assert caught.value.result is not None and caught.value.result.epochs_run == 0
 
 
 def test_max_batches_per_epoch(make_adapter, tmp_path, monkeypatch):
