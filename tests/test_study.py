@@ -362,3 +362,39 @@ def test_a_trial_of_a_silent_worker_elsewhere_fails_and_is_retried_once(tmp_path
     time.sleep(2.2)
     assert st.fail_stale_trials(study) == [retry.number]
     assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # retried once only
+
+
+def test_a_worker_waits_for_the_last_running_trial_and_replaces_it_when_it_fails(tmp_path):
+    """Two workers, one trial left: the second waits instead of overshooting the total, and
+    when the running trial fails, the total is still met exactly (by whichever worker)."""
+    import threading
+
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    config = load_space(path, ["search.n_trials=1"])
+    storage = st.open_storage(f"sqlite:///{tmp_path / 'w.db'}")
+    study = optuna.create_study(storage=storage, study_name="w", direction="maximize")
+    calls = []
+
+    def objective(trial):
+        calls.append(trial.number)
+        trial.suggest_float("lr0", 1e-4, 1.0)
+        if len(calls) == 1:
+            time.sleep(1.0)  # long enough for the other worker to find nothing to start
+            raise RuntimeError("first trial fails")
+        return 0.5
+
+    lock, waited = st.SlotLock(), []
+    workers = [
+        threading.Thread(target=st.run, args=(study, objective, config, []),
+                         kwargs={"lock": lock, "on_wait": waited.append, "poll_seconds": 0.1})
+        for _ in range(2)
+    ]
+    workers[0].start()
+    time.sleep(0.3)  # the first trial is running
+    workers[1].start()
+    for worker in workers:
+        worker.join(timeout=30)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert waited and waited[0] == 1  # told it waits for 1 running trial
