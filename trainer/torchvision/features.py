@@ -184,33 +184,29 @@ class FeatureStore:
         first = next(batches).detach()
         shape = (n_rows, *first.shape[1:])
         n_bytes = first[:1].numel() * first.element_size() * n_rows
+        path = None
         if n_bytes <= self.max_bytes:
-            channels_last = first.dim() == 4 and first.is_contiguous(
-                memory_format=torch.channels_last
+            sink: torch.Tensor | np.ndarray = torch.empty(
+                shape, dtype=first.dtype, device=first.device
             )
-            out = torch.empty(shape, dtype=first.dtype, device=first.device)
-            if channels_last:
-                out = out.contiguous(memory_format=torch.channels_last)
-            write = out
+            if first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last):
+                sink = sink.contiguous(memory_format=torch.channels_last)
         else:
             with self._lock:
                 path = self._spill_folder() / f"f{abs(hash(key)):x}.npy"
             dtype = torch.empty((), dtype=first.dtype).numpy().dtype
-            write = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            sink = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         start = 0
         for batch in (first, *batches):
             stop = start + len(batch)
-            if isinstance(write, torch.Tensor):
-                write[start:stop] = batch.detach()
-            else:
-                write[start:stop] = batch.detach().cpu().numpy()
+            sink[start:stop] = batch if path is None else batch.cpu().numpy()
             start = stop
         if start != n_rows:
             raise ValueError(f"the prefix gave {start} rows for {n_rows} images")
-        if isinstance(write, torch.Tensor):
-            return Features(write)
-        write.flush()
-        del write
+        if path is None:
+            return Features(sink)
+        sink.flush()
+        del sink
         return Features(None, path)
 
     def memory_bytes(self) -> int:
