@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.adapter_contract import AdapterContract, RecordingReporter
+from tests.conftest import process_alive
 from trainer.base import ConfigError, Pruned, TrialError
 from trainer.yolo_common import YOLOV5_HYP
 from trainer.yolov5 import YoloV5Adapter
@@ -46,14 +47,6 @@ def trial_dir(tmp_path, name="0007") -> Path:
     path = tmp_path / "trials" / name
     path.mkdir(parents=True)
     return path
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ")[1][0] != "Z"  # a zombie is dead already
-    except FileNotFoundError:
-        return False
 
 
 class TestYoloV5Contract(AdapterContract):
@@ -136,9 +129,9 @@ def test_prune_kills_the_process_group(tmp_path, files):
     pids = [int(p) for p in (directory / "trial_0007" / "pids.txt").read_text().split()]
     assert len(pids) == 2  # train.py and its "dataloader worker"
     deadline = time.monotonic() + 5
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     csv = directory / "trial_0007" / "results.csv"
     n_lines = len(csv.read_text().splitlines())
     time.sleep(0.8)  # more than two epochs of the stand-in
