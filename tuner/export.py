@@ -267,15 +267,15 @@ def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[s
     for metric, direction, value in zip(metrics, study.directions, values):
         lines.append(f"{metric} ({direction.name.lower()}): {_fmt(value)}")
     base = baseline_trial(study)
+    direction = study.directions[0].name.lower()
     if base is not None and base.values and values:
-        direction = study.directions[0].name.lower()
         lines.append(
             f"baseline (trial {base.number}): {metrics[0]} {_fmt(base.values[0])}, "
             f"gain {gain(values[0], base.values[0], direction):+.6g}"
         )
     else:
         lines.append("baseline: not in this study")
-    lines += _confirm_lines(load_record(study), trial.number, study.directions[0].name.lower())
+    lines += _confirm_lines(load_record(study), trial.number, direction)
     edges = edge_params(trial)
     if edges:
         lines.append(
