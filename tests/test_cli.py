@@ -151,6 +151,10 @@ def test_unwritable_output_fails_before_training(space, workdir, capsys):
     code = main(["search", "--space", str(space), "--out", "afile/sub/best.yaml"])
     assert code == 2 and "--out: cannot write afile/sub/best.yaml" in capsys.readouterr().err
     assert not (workdir / "studies" / "demo-cli.db").exists()
+    # a folder nothing can be written to (root included): the check writes, it does not guess
+    code = main(["search", "--space", str(space), "--out", "/proc/tuner/best.yaml"])
+    assert code == 2 and "--out: cannot write /proc/tuner/best.yaml: " in capsys.readouterr().err
+    assert not (workdir / "studies").exists()  # no study folder made before the check
 
 
 def test_console_entry_points_and_debug(space, workdir):

@@ -108,19 +108,23 @@ def _load(args: argparse.Namespace):
 
 
 def _check_writable(path: Path) -> None:
-    """Fail before any training when the output cannot be written."""
+    """Fail before any training when the output cannot be written, creating nothing.
+
+    A file is created and removed in the nearest existing folder above ``path`` (a real write:
+    permission bits, read-only mounts, ``/proc``); the folders below it are made only when the
+    file is written, so an input error found later leaves no empty ``studies/<study>/``.
+    """
     import tempfile
 
+    if path.is_dir():
+        raise InputError("--out", None, f"{path} is a directory, expected a file path")
+    # a file (or a broken link) in the way would surface as mkdir's "File exists", which hides
+    # which part is wrong; a relative path's parents end at ".", an absolute one's at "/"
+    blocker = next(p for p in path.parents if p.exists() or p.is_symlink())
+    if not blocker.is_dir():
+        raise InputError("--out", None, f"cannot write {path}: {blocker} is not a directory")
     try:
-        if path.is_dir():
-            raise InputError("--out", None, f"{path} is a directory, expected a file path")
-        # mkdir's own error for a file (or a broken link) in the way is "File exists", which
-        # hides which part is wrong
-        blocker = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise InputError("--out", None, f"cannot write {path}: {blocker} is not a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=blocker):
             pass
     except OSError as exc:
         raise InputError("--out", None, f"cannot write {path}: {exc.strerror or exc}") from None

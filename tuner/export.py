@@ -21,6 +21,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from trainer.formats import FORMATS
+from trainer.yaml_io import parse_yaml
 from tuner.confirm import ConfirmRecord, best_confirmed, load_record
 from tuner.errors import InputError
 from tuner.study import baseline_trial, best_trial, counts, gain
@@ -410,5 +411,5 @@ def export(
 
 def load_hyp(path: Path) -> dict[str, Any]:
     """Read a hyp file written by :func:`export` (or any flat hyp YAML)."""
-    data = yaml.safe_load(Path(path).read_text())
+    data = parse_yaml(Path(path).read_text())
     return dict(data or {})

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from trainer.base import Adapter, ConfigError, adapter_names, get_adapter
+from trainer.yaml_io import parse_yaml, yaml_problem
 from tuner.errors import InputError
 
 TOP_LEVEL_KEYS = ("study", "trainer", "objective", "base", "search", "space")
@@ -402,26 +403,6 @@ def confirm_problem(is_multi: bool, adapter: Any, name: str) -> str | None:
     return None
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-4`` as a float as YAML 1.2 and JSON do.
-
-    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-4``), so a learning rate written
-    the way everyone writes it would be the string ``'1e-4'``.
-    """
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def parse_yaml(text: str) -> Any:
-    """YAML text as the space loader reads it (:class:`_Loader`)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
 # a study name becomes a file name (studies/<study>.db) and part of a database URL, where
 # '/', '?', '#' and '%' would change what it points at
 _STUDY_NAME = re.compile(r"\w[\w.-]*")
@@ -439,12 +420,9 @@ def _load_yaml(path: Path, source: str, field_name: str | None = None) -> Any:
     try:
         return parse_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         # A referenced file (the base hyp) is named too; the space file is already the source.
-        inside = f" in {path}" if field_name else ""
-        raise InputError(source, field_name, f"invalid YAML{inside}{where}: {problem}") from None
+        inside = f"{path}: " if field_name else ""
+        raise InputError(source, field_name, inside + yaml_problem(exc)) from None
 
 
 def _parse_base(ctx: _Ctx, raw: Any, folder: Path) -> tuple[dict[str, Any], str | None]:

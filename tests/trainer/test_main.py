@@ -16,7 +16,8 @@ def test_trains_the_exported_hyp_with_the_studys_settings(tmp_path, capsys):
     config.write_text(yaml.safe_dump({"study": "s", "trainer": {"adapter": "torchvision",
                                                                 **settings}}))
     hyp = tmp_path / "best_hyp.yaml"
-    hyp.write_text("# tuner header\nlr0: 0.02\nfreeze: 3\nwarmup_epochs: 0.5\n")
+    # by hand, as people write learning rates (PyYAML alone reads 2e-2 as a string)
+    hyp.write_text("# tuner header\nlr0: 2e-2\nfreeze: 3\nwarmup_epochs: 0.5\n")
     out = tmp_path / "run"
     argv = ["--config", str(config), "--hyp", str(hyp), "--epochs", "2", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache")]
@@ -42,3 +43,9 @@ def test_bad_config_is_exit_2(tmp_path, capsys):
     other.write_text(yaml.safe_dump({"trainer": {"adapter": "yolov5", "data": "x"}}))
     assert main(["--config", str(other)]) == 2
     assert "study of the 'yolov5' adapter" in capsys.readouterr().err
+    broken = tmp_path / "hyp.yaml"
+    broken.write_text("lr0: [0.01\n")
+    assert main(["--hyp", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert f"hyp: {broken}: invalid YAML at line 2" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

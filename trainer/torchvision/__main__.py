@@ -60,18 +60,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _read_yaml(path: Path, field: str) -> Any:
+    """The YAML document in ``path`` (``1e-4`` a float), an empty file as ``{}``.
+
+    Raises:
+        ConfigError: The file is not valid YAML.
+    """
+    import yaml
+
+    from trainer.yaml_io import parse_yaml, yaml_problem
+
+    try:
+        return parse_yaml(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(field, f"{path}: {yaml_problem(exc)}") from None
+
+
 def read_hyp(path: Path) -> dict[str, Any]:
     """A flat hyp mapping from YAML (a top-level ``hyp:`` mapping is unwrapped).
 
     Raises:
         ConfigError: The file is missing or not a mapping.
     """
-    import yaml
-
     if not path.is_file():
         raise ConfigError("hyp", f"no such file: {path}")
-    with path.open() as handle:
-        loaded = yaml.safe_load(handle) or {}
+    loaded = _read_yaml(path, "hyp")
     if isinstance(loaded, Mapping) and isinstance(loaded.get("hyp"), Mapping):
         loaded = loaded["hyp"]
     if not isinstance(loaded, Mapping):
@@ -85,12 +98,9 @@ def read_settings(path: Path) -> dict[str, Any]:
     Raises:
         ConfigError: The file is missing, has no trainer mapping, or is another adapter's.
     """
-    import yaml
-
     if not path.is_file():
         raise ConfigError("config", f"no such file: {path}")
-    with path.open() as handle:
-        loaded = yaml.safe_load(handle) or {}
+    loaded = _read_yaml(path, "config")
     trainer = loaded.get("trainer") if isinstance(loaded, Mapping) else None
     if not isinstance(trainer, Mapping):
         raise ConfigError("config", f"{path} has no trainer: mapping")

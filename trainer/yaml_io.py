@@ -1,0 +1,43 @@
+"""YAML as every ``tuner`` and ``trainer`` reader takes it: ``1e-4`` is a float.
+
+PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-4``), so a learning rate written the
+way everyone writes it would be the string ``'1e-4'`` (YAML 1.2 and JSON read a float). The
+space files, ``--set`` values, hyp files and study configs all go through :func:`parse_yaml`,
+so a value reads the same wherever it is written. It lives in ``trainer/`` because the trainer
+reads hyp files too and never imports ``tuner``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's exponent floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """The YAML document in ``text``, read by the safe loader with ``1e-4`` as a float.
+
+    Raises:
+        yaml.YAMLError: The text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A one-line description of a YAML error and where it is, for an input-error message."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"invalid YAML{where}: {problem}"
