@@ -9,6 +9,7 @@ from trainer.base import register_adapter
 
 register_adapter("curve", "tests.fakes:CurveAdapter")
 register_adapter("curve-noseed", "tests.fakes:NoSeedCurveAdapter")
+register_adapter("curve-noepochs", "tests.fakes:NoEpochsCurveAdapter")
 
 ROOT = Path(__file__).resolve().parent.parent
 

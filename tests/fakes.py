@@ -129,3 +129,14 @@ class NoSeedCurveAdapter(CurveAdapter):
 
     name = "curve-noseed"
     seed_setting = None
+
+
+class NoEpochsCurveAdapter(CurveAdapter):
+    """The curve adapter with no length setting (like a script whose epochs are fixed)."""
+
+    name = "curve-noepochs"
+
+    def settings_dict(self) -> dict[str, Any]:
+        settings = asdict(self.settings)
+        del settings["epochs"]
+        return settings

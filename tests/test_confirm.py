@@ -71,6 +71,7 @@ def test_record_round_trips_through_json_and_ranks_by_fresh_mean():
         runs={4: {1: 0.30, 2: 0.50}, 7: {1: 0.35, 2: None}, 0: {1: 0.6, 2: 0.62}},
         reasons={7: {2: "RuntimeError: boom"}},
         search_values={4: 0.1, 7: 0.2, 0: 0.5},
+        epochs=18,
     )
     attr = record.to_attr()
     back = cf.ConfirmRecord.from_attr(yaml.safe_load(yaml.safe_dump(attr)))
@@ -266,6 +267,41 @@ def test_a_confirmation_overtaken_by_later_trials_is_not_the_default_pick(workdi
     ))
     assert default_pick(load()).kind == "best-metric"
     assert pick_trial(load()).trial.number == len(study.trials) - 1
+
+
+def test_confirmation_at_full_length_trains_longer_and_never_mixes_lengths(workdir, capsys):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml"]) == 0  # trials of 2 epochs
+    capsys.readouterr()
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1", "--epochs", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "on fresh trainer seeds 1, 2 at 5 epochs" in err
+    assert "confirmed on trainer seeds 1, 2 at 5 epochs (4/4 runs)" in err
+    record = cf.load_record(load())
+    assert record.epochs == 5 and record.complete
+    for number in record.confirmed:
+        hyp = load().trials[number].user_attrs["hyp"]
+        for seed in (1, 2):  # each run trained 5 epochs: the curve's value at 5, not at 2
+            assert record.runs[number][seed] == pytest.approx(expected_value(hyp, seed, 5))
+    header = (workdir / "studies" / "c" / "best_hyp.yaml").read_text()
+    assert "fresh trainer seeds 1, 2 at 5 epochs" in header
+    # confirming at the trial length again measures again: 5-epoch values are not reused
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1"]) == 0
+    again = cf.load_record(load())
+    assert again.epochs is None
+    for number in again.confirmed:
+        hyp = load().trials[number].user_attrs["hyp"]
+        assert again.runs[number][1] == pytest.approx(expected_value(hyp, 1, 2))
+    # the space field, the flag of `tuner search`, and their bounds
+    assert main(["confirm", "--space", "c.yaml", "--epochs", "0"]) == 2
+    assert "c.yaml: search.confirm.epochs: must be >= 1, got 0" in capsys.readouterr().err
+    no_length = SPACE.replace("adapter: curve, epochs: 2,", "adapter: curve-noepochs,")
+    (workdir / "n.yaml").write_text(no_length)
+    code = main(["search", "--space", "n.yaml", "--confirm", "1", "--confirm-epochs", "4"])
+    assert code == 2
+    assert "n.yaml: search.confirm.epochs: adapter 'curve-noepochs' has no epochs setting" in (
+        capsys.readouterr().err
+    )
 
 
 def test_fresh_seeds_follow_the_seed_the_study_was_searched_with(workdir, capsys):

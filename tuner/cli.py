@@ -91,6 +91,7 @@ def _space_overrides(args: argparse.Namespace) -> list[str | tuple[str, Any]]:
         ("search.confirm.top_k", getattr(args, "confirm", None)),
         ("search.confirm.top_k", getattr(args, "top_k", None)),
         ("search.confirm.n_seeds", getattr(args, "n_seeds", None)),
+        ("search.confirm.epochs", getattr(args, "confirm_epochs", None)),
     ]
     return [(key, value) for key, value in flags if value is not None] + list(args.set or [])
 
@@ -302,8 +303,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
     confirm = config.search.confirm
     if confirm.top_k and st.best_trial(study) is not None:
-        code = _confirm(study, config, adapter, out_dir, confirm.top_k, confirm.n_seeds, out,
-                        command, lock)
+        code = _confirm(study, config, adapter, out_dir, confirm.top_k, out, command, lock)
         if code:
             return code
     if config.objective.is_multi:
@@ -324,8 +324,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _confirm(
-    study: Any, config: Any, adapter: Any, out_dir: Path, top_k: int, n_seeds: int, out: Path,
-    command: str, lock: Any,
+    study: Any, config: Any, adapter: Any, out_dir: Path, top_k: int, out: Path, command: str,
+    lock: Any,
 ) -> int:
     """Run (or resume) the confirmation; print its table. Returns 0, or 130 on Ctrl-C.
 
@@ -340,8 +340,9 @@ def _confirm(
     try:
         with st.locked(lock):
             record = run_confirm(
-                study, config, adapter, out_dir, top_k, n_seeds,
+                study, config, adapter, out_dir, top_k, config.search.confirm.n_seeds,
                 say=lambda message: print(message, file=err, flush=True),
+                epochs=config.search.confirm.epochs,
             )
     except KeyboardInterrupt:
         print("\ninterrupted: finished confirmation runs are kept; `tuner confirm` resumes",
@@ -377,8 +378,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     top_k = config.search.confirm.top_k or DEFAULT_TOP_K
     command = "tuner " + shlex.join(args.argv)
     lock = st.slot_lock(storage_url, st._storage_of(study), config.study)
-    code = _confirm(study, config, adapter, st.STUDIES_DIR / config.study, top_k,
-                    config.search.confirm.n_seeds, out, command, lock)
+    code = _confirm(study, config, adapter, st.STUDIES_DIR / config.study, top_k, out, command,
+                    lock)
     if code:
         return code
     pick, _ = export(study, out, command=command)
@@ -699,6 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="after the search, re-train the best K trials and the baseline on fresh trainer "
         "seeds and export the best mean (default: the space's search.confirm.top_k, 0 = off)",
     )
+    p.add_argument(
+        "--confirm-epochs", dest="confirm_epochs", type=int, metavar="N",
+        help="train each confirmation run N epochs, e.g. the full training length (default: "
+        "the space's search.confirm.epochs, else a trial's trainer.epochs)",
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
@@ -720,6 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-seeds", type=int, metavar="N",
         help="fresh seeds per trial (default: the space's search.confirm.n_seeds, 2)",
+    )
+    p.add_argument(
+        "--epochs", dest="confirm_epochs", type=int, metavar="N",
+        help="train each run N epochs, e.g. the full training length (default: the space's "
+        "search.confirm.epochs, else a trial's trainer.epochs)",
     )
     p.add_argument("--out", help="best hyp file (default: studies/<study>/best_hyp.yaml)")
     p.set_defaults(func=cmd_confirm)

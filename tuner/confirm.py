@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trainer.base import Adapter, NullReporter
 from tuner.errors import InputError
 from tuner.objective import checked_metric, failure_reason, trial_values
-from tuner.space import StudyConfig, TrainerConfig, confirm_problem
+from tuner.space import EPOCHS_SETTING, StudyConfig, TrainerConfig, confirm_problem
 
 ATTR = "confirm"
 # `tuner confirm` without --top-k, on a space that does not set search.confirm.top_k
@@ -51,6 +51,7 @@ class ConfirmRecord:
         runs: Trial -> seed -> value (None: the run failed; see ``reasons``).
         reasons: Trial -> seed -> why the run failed.
         search_values: Trial -> its value in the search (for comparison only).
+        epochs: The length of each run (None: the trials' own ``trainer.epochs``).
     """
 
     metric: str
@@ -61,6 +62,7 @@ class ConfirmRecord:
     reasons: Mapping[int, Mapping[int, str]] = field(default_factory=dict)
     search_values: Mapping[int, float] = field(default_factory=dict)
     baseline: int | None = None
+    epochs: int | None = None
 
     @property
     def confirmed(self) -> tuple[int, ...]:
@@ -108,6 +110,7 @@ class ConfirmRecord:
                 str(t): {str(s): m for s, m in r.items()} for t, r in self.reasons.items()
             },
             "search_values": {str(t): v for t, v in self.search_values.items()},
+            "epochs": self.epochs,
         }
 
     @classmethod
@@ -127,6 +130,7 @@ class ConfirmRecord:
             reasons=table("reasons"),
             search_values={int(t): float(v) for t, v in (raw.get("search_values") or {}).items()},
             baseline=raw.get("baseline"),
+            epochs=None if raw.get("epochs") is None else int(raw["epochs"]),
         )
 
 
@@ -193,9 +197,14 @@ def candidates(study: optuna.Study, top_k: int) -> tuple[list[FrozenTrial], Froz
     return chosen, base
 
 
-def seeded_config(config: StudyConfig, setting: str, seed: int) -> StudyConfig:
-    """The same space with the trainer's seed setting replaced."""
+def seeded_config(
+    config: StudyConfig, setting: str, seed: int, epochs: int | None = None
+) -> StudyConfig:
+    """The same space with the trainer's seed setting (and, given ``epochs``, its length)
+    replaced."""
     settings = {**config.trainer.settings, setting: seed}
+    if epochs is not None:
+        settings[EPOCHS_SETTING] = epochs
     return dataclasses.replace(config, trainer=TrainerConfig(config.trainer.adapter, settings))
 
 
@@ -226,10 +235,12 @@ def run_confirm(
     n_seeds: int,
     say: Callable[[str], None],
     make_adapter: Callable[[StudyConfig], Adapter] | None = None,
+    epochs: int | None = None,
 ) -> ConfirmRecord:
     """Re-train the top trials and the baseline on ``n_seeds`` fresh seeds; record each run.
 
-    Runs recorded by an earlier (interrupted) confirmation with the same seeds are kept.
+    Runs recorded by an earlier (interrupted) confirmation with the same seeds, metric and
+    length are kept.
 
     Args:
         study: A single-objective study with complete trials.
@@ -240,6 +251,8 @@ def run_confirm(
         n_seeds: Fresh seeds per trial.
         say: Progress output.
         make_adapter: Builds a prepared adapter for a config (default: build and prepare).
+        epochs: Train each run this long (None: a trial's length). Runs are scored as the
+            search scores a trial (the objective's ``reduce``).
 
     Raises:
         InputError: A multi-objective study, an adapter without a seed, or no complete trial.
@@ -257,7 +270,8 @@ def run_confirm(
     trials = [*chosen, *([base] if extra else [])]
     target = config.objective.primary
     old = load_record(study)
-    keep = old is not None and old.metric == target.metric
+    # a run of another length is another measurement: it is not mixed into the means
+    keep = old is not None and old.metric == target.metric and old.epochs == epochs
     runs: dict[int, dict[int, float | None]] = {
         t.number: {s: v for s, v in (old.runs.get(t.number, {}) if keep else {}).items()
                    if s in seeds}
@@ -280,6 +294,7 @@ def run_confirm(
             reasons=reasons,
             search_values={t.number: float(t.value) for t in trials},
             baseline=baseline,
+            epochs=epochs,
         )
 
     build = make_adapter or _prepared
@@ -290,7 +305,9 @@ def run_confirm(
     say(
         f"confirm: re-training the top {len(chosen)} trials"
         + (f" and the baseline (trial {base.number})" if extra else "")
-        + f" on fresh trainer seeds {', '.join(map(str, seeds))} ({n_total} runs"
+        + f" on fresh trainer seeds {', '.join(map(str, seeds))}"
+        + (f" at {epochs} epochs" if epochs is not None else "")
+        + f" ({n_total} runs"
         + (f", {done} done earlier" if done else "")
         + ")"
     )
@@ -298,7 +315,7 @@ def run_confirm(
 
     for trial, seed in todo:
         if seed not in adapters:
-            adapters[seed] = build(seeded_config(config, setting, seed))
+            adapters[seed] = build(seeded_config(config, setting, seed, epochs))
         run_dir = out_dir / "confirm" / f"{trial.number:04d}-seed{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
@@ -350,7 +367,9 @@ def summary_lines(record: ConfirmRecord) -> list[str]:
     best = best_confirmed(record)
     lines = [
         f"confirmed on trainer seeds {', '.join(map(str, record.seeds))} "
-        f"({record.n_done}/{record.n_runs} runs{'' if record.complete else ', unfinished'}):",
+        + (f"at {record.epochs} epochs " if record.epochs is not None else "")
+        + f"({record.n_done}/{record.n_runs} runs"
+        + f"{'' if record.complete else ', unfinished'}):",
         f"  {'trial':>5}  {'search':>8}  {'fresh mean':>10}  {'std':>7}  runs",
     ]
     for number in record.confirmed:

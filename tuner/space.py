@@ -109,10 +109,15 @@ class ComponentConfig:
 @dataclass(frozen=True)
 class ConfirmConfig:
     """Re-train the ``top_k`` best trials and the baseline on ``n_seeds`` fresh trainer seeds
-    after the search, and export the best mean (:mod:`tuner.confirm`); ``top_k: 0`` is off."""
+    after the search, and export the best mean (:mod:`tuner.confirm`); ``top_k: 0`` is off.
+
+    ``epochs`` is the length of a confirmation run (None: a trial's ``trainer.epochs``): the
+    full training length checks the pick where it will be used, not where it was searched.
+    """
 
     top_k: int = 0
     n_seeds: int = 2
+    epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -387,7 +392,16 @@ def _parse_confirm(ctx: _Ctx, raw: Any) -> ConfirmConfig:
     )
     if n_seeds < 1:
         raise ctx.error("search.confirm.n_seeds", f"must be >= 1, got {n_seeds}")
-    return ConfirmConfig(top_k=top_k, n_seeds=n_seeds)
+    epochs = raw.get("epochs", defaults.epochs)
+    if epochs is not None:
+        epochs = ctx.number(epochs, "search.confirm.epochs", integer=True)
+        if epochs < 1:
+            raise ctx.error("search.confirm.epochs", f"must be >= 1, got {epochs}")
+    return ConfirmConfig(top_k=top_k, n_seeds=n_seeds, epochs=epochs)
+
+
+# the trainer setting a confirmation run's length replaces (every built-in adapter has it)
+EPOCHS_SETTING = "epochs"
 
 
 def confirm_problem(is_multi: bool, adapter: Any, name: str) -> str | None:
@@ -553,6 +567,8 @@ def load_space(
         problem = confirm_problem(objective.is_multi, adapter, name)
         if problem:
             raise ctx.error("search.confirm", f"{problem} (set top_k: 0)")
+    if search.confirm.epochs is not None and EPOCHS_SETTING not in adapter.settings_dict():
+        raise ctx.error("search.confirm.epochs", f"adapter {name!r} has no epochs setting")
 
     space_raw = ctx.mapping(raw.get("space"), "space")
     if not space_raw:
