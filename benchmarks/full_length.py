@@ -4,12 +4,14 @@ For each task: a real ``tuner search`` (the task's space as shipped: short, prun
 then the confirmation of the 3 best trials and the baseline on 2 fresh trainer seeds) picks
 two configurations: the trial with the best search value (``--pick best-metric``, what a
 plain search exports) and the best mean over the fresh seeds (``--pick confirmed``, what the
-shipped space exports). Both and the baseline hyps (the space's ``base`` over the trainer
-defaults: trial 0) then train ``--factor`` times longer than a trial, for ``--seeds`` trainer
-seeds from ``--first-seed`` on (default 100: seeds neither the study, 0, nor its confirmation,
-1 and 2, trained with). Reported per config: final and best val/acc, mean and standard
-deviation over seeds, and the paired gain over the baseline (same seed). A pick that does not
-beat the baseline at full length is reported as such.
+shipped space exports). A third comes from ``tuner confirm --epochs`` on the same study: the
+same candidates and seeds confirmed at the full length (``confirmed-full``). The picks and
+the baseline hyps (the space's ``base`` over the trainer defaults: trial 0) then train
+``--factor`` times longer than a trial, for ``--seeds`` trainer seeds from ``--first-seed`` on
+(default 100: seeds neither the study, 0, nor its confirmations, 1 and 2, trained with).
+Reported per config: final and best val/acc, mean and standard deviation over seeds, and the
+paired gain over the baseline (same seed). A pick that does not beat the baseline at full
+length is reported as such.
 
 Run: ``python -m benchmarks.full_length [--tasks demo,fewshot,fullspace] [--seeds 3] [--factor 3]
 [--first-seed 100]``.
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.common import (
+    DEMO_SPACE,
     Recorder,
     add_common_flags,
     load_task,
@@ -35,7 +38,9 @@ from benchmarks.common import (
     write_section,
 )
 
+# the pick rules read after the search, and the name of the pick of the full-length confirmation
 PICKS = ("best-metric", "confirmed")
+FULL = "confirmed-full"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -51,10 +56,17 @@ def paired_gain(tuned: Sequence[float], baseline: Sequence[float]) -> tuple[floa
     return mean, std, sum(d > 0 for d in diffs)
 
 
-def tuned_picks(task: str, work: Path, n_trials: int | None) -> dict[str, tuple[int, dict, str]]:
-    """Run the task's study; per pick rule: (trial number, its hyp, the rule's description)."""
+def tuned_picks(
+    task: str, work: Path, n_trials: int | None, full_epochs: int
+) -> dict[str, tuple[int, dict, str]]:
+    """Run the task's study, then confirm it again at ``full_epochs``; per pick: (trial number,
+    its hyp, the rule's description)."""
+    import contextlib
+    import io
+
     import optuna
 
+    from tuner.cli import main
     from tuner.export import pick_trial, trial_hyp
 
     url = f"sqlite:///{work / f'{task}.db'}"
@@ -67,6 +79,16 @@ def tuned_picks(task: str, work: Path, n_trials: int | None) -> dict[str, tuple[
     for rule in PICKS:
         pick = pick_trial(study, rule=rule)
         out[rule] = (pick.trial.number, trial_hyp(study, pick.trial), pick.rule)
+    # the same top trials and seeds, each run at the full length (it replaces the short record)
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["confirm", "--space", str(DEMO_SPACE), "--storage", url,
+                     "--out", str(work / f"{task}-full.yaml"), "--epochs", str(full_epochs),
+                     *(f"--set={s}" for s in sets)])
+    if code != 0:
+        raise SystemExit(f"tuner confirm exited {code}")
+    study = optuna.load_study(study_name=f"full-{task}", storage=url)
+    pick = pick_trial(study, rule="confirmed")
+    out[FULL] = (pick.trial.number, trial_hyp(study, pick.trial), pick.rule)
     return out
 
 
@@ -95,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     sections, verdicts = [], []
     for task in (t.strip() for t in args.tasks.split(",") if t.strip()):
         print(f"task {task}: tuning", flush=True)
-        picks = tuned_picks(task, work, args.n_trials)
         config = load_task(task)
         base_adapter = prepared_adapter(config)
         epochs = args.factor * base_adapter.settings.epochs
+        picks = tuned_picks(task, work, args.n_trials, epochs)
         configs: dict[str, dict] = {rule: hyp for rule, (_, hyp, _) in picks.items()}
         configs["baseline"] = config.base_hyp(base_adapter)
         adapters = {
@@ -131,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 (name, trial, f"{final[0]:.4f} ± {final[1]:.4f}", f"{best[0]:.4f} ± {best[1]:.4f}")
             )
-        for rule in PICKS:
+        for rule in (*PICKS, FULL):
             gain, spread, n_won = paired_gain(
                 scores[rule]["final"], scores["baseline"]["final"]
             )
@@ -160,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             "Each task's study as shipped (short pruned trials, then the confirmation of the 3 "
             "best trials and the baseline on trainer seeds 1 and 2) gives two picks: the best "
             "search value (`--pick best-metric`) and the best fresh-seed mean (`--pick "
-            f"confirmed`, the default export). Both and the baseline train {args.factor}x a "
+            "confirmed`, the default export); `tuner confirm --epochs` then confirms the same "
+            f"candidates on the same seeds at {args.factor}x a trial's epochs "
+            f"(`confirmed-full`). The picks and the baseline train {args.factor}x a "
             f"trial's epochs on trainer seeds {seeds[0]}..{seeds[-1]}, which neither the study "
-            "nor the confirmation used. Mean ± standard deviation over seeds.",
+            "nor the confirmations used. Mean ± standard deviation over seeds.",
             *sections,
             "\n".join(f"- {v}" for v in verdicts),
         ]
