@@ -20,6 +20,7 @@ from tuner import study as st
 from tuner.cli import main
 from tuner.objective import Objective
 from tuner.report.data import (
+    build_confirm,
     build_curves,
     build_freeze,
     build_history,
@@ -251,6 +252,32 @@ def test_importances_handle_conditional_params(monkeypatch, sklearn):
         assert imp.method == "rank correlation" and "lr_decay" in imp.by_objective["val/acc"]
 
 
+def test_importances_of_few_trials_with_a_constant_param_or_objective():
+    """fANOVA's forest cannot split on a parameter that never changed (all three trials chose
+    freeze 0: a categorical freeze under pruning does that) nor explain a constant objective;
+    it raised "zero total variance" and `tuner report` failed."""
+    pytest.importorskip("sklearn", reason="scikit-learn (the dev extra) is not installed")
+    study = hand_made()
+    for x, value in ((0.1, 0.5), (0.5, 0.8), (0.9, 0.6)):
+        add(study, values=[value], params={"x": x})  # freeze 0 in each
+    imp = build_importances(study, study_info(study))
+    assert imp.method == "fANOVA" and imp.by_objective["val/acc"]["freeze"] == 0.0
+    assert imp.by_objective["val/acc"]["x"] == pytest.approx(1.0)
+    assert "the same in every complete trial: freeze" in imp.note
+    only = hand_made()
+    for value in (0.5, 0.8, 0.6):
+        add(only, values=[value])  # nothing varied at all
+    imp = build_importances(only, study_info(only))
+    assert imp.method == "rank correlation" and imp.by_objective["val/acc"] == {"freeze": 0.0}
+    assert "no parameter varies across the complete trials" in imp.note
+    flat = hand_made()
+    for x in (0.1, 0.5, 0.9):
+        add(flat, values=[0.5], params={"x": x})  # every trial scored the same
+    imp = build_importances(flat, study_info(flat))
+    assert imp.method == "rank correlation"
+    assert "every complete trial has the same val/acc" in imp.note
+
+
 # -- hand-made studies: exact numbers --------------------------------------------------------
 
 
@@ -349,6 +376,42 @@ def test_render_html_is_self_contained(study, tmp_path):
     assert text.count("Plotly.newPlot") == n_figures
     assert '<table class="summary">' in text and "saved by pruning" in text
     assert "every complete trial recorded the same peak memory" in text  # constant: no figure
+
+
+def test_confirmation_view_pairs_search_values_with_fresh_runs():
+    from tuner.confirm import ConfirmRecord
+    from tuner.report.render import figures, render_html
+
+    study = hand_made()
+    for value in (0.5, 0.8, 0.7):
+        add(study, values=[value], train_seconds=1.0, epochs_run=10)
+    assert build_confirm(study) is None
+    assert "not confirmed: `tuner confirm --space SPACE`" in render_html(build_report(study))
+    record = ConfirmRecord(
+        metric="val/acc", direction="maximize", seeds=(1, 2), trials=(1, 2), baseline=0,
+        runs={1: {1: 0.70, 2: 0.72}, 2: {1: 0.74, 2: None}, 0: {1: 0.60, 2: 0.64}},
+        reasons={2: {2: "DivergedError: nan loss"}},
+        search_values={1: 0.8, 2: 0.7, 0: 0.5}, epochs=30,
+    )
+    study.set_user_attr("confirm", record.to_attr())
+    view = build_confirm(study)
+    assert [r.number for r in view.rows] == [1, 2, 0] and view.epochs == 30
+    # trial 2's one good run is higher, but its other run failed: trial 1 is the pick
+    assert [r.picked for r in view.rows] == [True, False, False]
+    assert view.rows[1].runs == ((1, 0.74), (2, None)) and view.rows[1].n_failed == 1
+    assert view.rows[0].mean == pytest.approx(0.71) and view.rows[2].baseline
+    assert view.gain == pytest.approx(0.71 - 0.62)
+    assert (view.n_done, view.n_runs) == (6, 6)
+    report = build_report(study)
+    anchor, title, fig, note = figures(report)[0]
+    assert (anchor, title) == ("confirm", "Confirmation on fresh seeds")
+    assert note == ("trainer seeds 1, 2 at 30 epochs, 6/6 runs; picked trial 1: mean 0.71 ± "
+                    "0.014 vs baseline (trial 0) 0.62, gain +0.09")
+    # a dot per successful run, a mean per trial with one, a diamond per search value
+    assert [len(t.x) for t in fig.data] == [5, 3, 3]
+    assert list(fig.data[0].x[:2]) == ["#1 (picked)", "#1 (picked)"]
+    assert "#2 (1 failed)" in fig.data[0].x and "#0 (baseline)" in fig.data[2].x
+    assert 'data-figure="confirm"' in render_html(report)
 
 
 def test_report_of_an_empty_study_says_why(tmp_path):
@@ -453,9 +516,15 @@ def test_chromium_draws_every_figure_without_errors(kind, study, tmp_path):
         text = SPACE.replace("objective: {metric: val/acc, direction: maximize}",
                              "objective: [{metric: val/acc}, {metric: train_time}]")
         shown = make_study(tmp_path / "m", text, ("search.n_trials=8",))
-    else:
-        shown = study
+    else:  # a confirmed study, so the confirmation figure is drawn too
+        url = f"sqlite:///{tmp_path / 's.db'}"
+        shown = make_study(tmp_path / "s", overrides=("search.n_trials=6",), url=url)
+        code = main(["confirm", "--space", str(tmp_path / "s" / "space.yaml"), "--storage", url,
+                     "--top-k", "2", "--out", str(tmp_path / "best.yaml")])
+        assert code == 0
+        shown = optuna.load_study(study_name="rep", storage=url)
     report = build_report(shown)
+    assert kind == "multi" or report.confirm is not None
     expected = [anchor for anchor, _, fig, _ in figures(report) if fig is not None]
     html = tmp_path / "report.html"
     html.write_text(render_html(report).replace("<head>", "<head>" + ERROR_HOOK, 1))

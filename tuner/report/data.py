@@ -398,12 +398,17 @@ def build_importances(study: Any, info: StudyInfo) -> Importances:
         return Importances("PED-ANOVA", by_objective, n, note)
     reason = f"{n} complete trials (PED-ANOVA needs {MIN_PED_ANOVA_TRIALS})"
     common = [p for p in params if all(p in t.params for t in complete)]
-    fanova = _fanova(study, info, common)
+    # a parameter with one value in every complete trial explains nothing, and fANOVA's forest
+    # cannot split on it (with nothing else to split on it raises): it scores 0
+    constant = [p for p in common if len({repr(t.params[p]) for t in complete}) == 1]
+    fanova, why_not = _fanova(study, info, [p for p in common if p not in constant])
     if fanova is not None:
+        for scores in fanova.values():
+            scores.update({p: 0.0 for p in constant})
         skipped = tuple(p for p in params if p not in common)
         note = f"fANOVA: {reason}" + (
             f"; not assessed (absent from some trials): {', '.join(skipped)}" if skipped else ""
-        )
+        ) + (f"; the same in every complete trial: {', '.join(constant)}" if constant else "")
         return Importances("fANOVA", fanova, n, note, skipped)
     by_objective = {
         metric: _normalise({p: _rank_importance(complete, p, k) for p in params})
@@ -411,8 +416,7 @@ def build_importances(study: Any, info: StudyInfo) -> Importances:
     }
     return Importances(
         "rank correlation", by_objective, n,
-        f"|Spearman rank correlation| with each objective: {reason}, scikit-learn for fANOVA "
-        "not installed",
+        f"|Spearman rank correlation| with each objective: {reason}, {why_not}",
     )
 
 
@@ -451,13 +455,16 @@ def _ped_anova(
     return out
 
 
-def _fanova(study: Any, info: StudyInfo, params: list[str]) -> dict[str, dict[str, float]] | None:
+def _fanova(
+    study: Any, info: StudyInfo, params: list[str]
+) -> tuple[dict[str, dict[str, float]] | None, str]:
+    """fANOVA importances of ``params`` per objective, or None and why it could not run."""
     try:
         import sklearn  # noqa: F401  (fANOVA's random forest)
     except ImportError:
-        return None
+        return None, "scikit-learn for fANOVA not installed"
     if not params:
-        return None
+        return None, "no parameter varies across the complete trials for fANOVA"
     from optuna.importance import FanovaImportanceEvaluator
 
     out = {}
@@ -465,9 +472,12 @@ def _fanova(study: Any, info: StudyInfo, params: list[str]) -> dict[str, dict[st
         warnings.simplefilter("ignore")
         for k, metric in enumerate(info.metrics):
             evaluator = FanovaImportanceEvaluator(seed=0)
-            raw = evaluator.evaluate(study, params=params, target=_target(k, None))
+            try:
+                raw = evaluator.evaluate(study, params=params, target=_target(k, None))
+            except RuntimeError:  # "zero total variance": every trial scored the same
+                return None, f"every complete trial has the same {metric} (nothing for fANOVA)"
             out[metric] = _normalise(raw)
-    return out
+    return out, ""
 
 
 def _rank_importance(complete: Sequence[FrozenTrial], param: str, k: int) -> float:
@@ -877,6 +887,98 @@ def build_summary(trials: Sequence[FrozenTrial], info: StudyInfo) -> Summary:
     )
 
 
+# -- confirmation on fresh seeds -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfirmRow:
+    """One confirmed trial: its search value next to its fresh-seed runs.
+
+    Attributes:
+        number: The trial.
+        search_value: Its value in the search (the draw the winner's curse biases).
+        runs: ``(seed, value)`` per fresh seed, value None where the run failed.
+        mean: Mean of the successful runs (None: all failed).
+        std: Their sample standard deviation (None: fewer than two).
+        baseline: It is the baseline trial.
+        picked: It has the best fresh mean (what ``--pick confirmed`` exports).
+    """
+
+    number: int
+    search_value: float | None
+    runs: tuple[tuple[int, float | None], ...]
+    mean: float | None
+    std: float | None
+    baseline: bool
+    picked: bool
+
+    @property
+    def n_failed(self) -> int:
+        return sum(v is None for _, v in self.runs)
+
+
+@dataclass(frozen=True)
+class ConfirmView:
+    """The study's confirmation (:mod:`tuner.confirm`), best search value first.
+
+    Attributes:
+        metric: The metric the runs scored.
+        direction: Its direction.
+        seeds: The fresh trainer seeds.
+        epochs: The length of each run (None: a trial's length).
+        rows: The top trials, then the baseline when it is not among them.
+        n_done: Runs that finished (successfully or not).
+        n_runs: Runs the confirmation asked for.
+        gain: The picked trial's fresh mean over the baseline's (positive is better); None
+            without both.
+    """
+
+    metric: str
+    direction: str
+    seeds: tuple[int, ...]
+    epochs: int | None
+    rows: tuple[ConfirmRow, ...]
+    n_done: int
+    n_runs: int
+    gain: float | None
+
+    @property
+    def picked(self) -> ConfirmRow | None:
+        return next((r for r in self.rows if r.picked), None)
+
+
+def build_confirm(study: Any) -> ConfirmView | None:
+    """The confirmation recorded in the study, or None when it has none."""
+    from tuner.confirm import best_confirmed, load_record
+
+    record = load_record(study)
+    if record is None:
+        return None
+    best = best_confirmed(record)
+    rows = tuple(
+        ConfirmRow(
+            number=n,
+            search_value=record.search_values.get(n),
+            runs=tuple((seed, record.runs.get(n, {}).get(seed)) for seed in record.seeds
+                       if seed in record.runs.get(n, {})),
+            mean=record.mean(n),
+            std=record.std(n),
+            baseline=n == record.baseline,
+            picked=n == best,
+        )
+        for n in record.confirmed
+    )
+    gain = None
+    if best is not None and record.baseline is not None and best != record.baseline:
+        pick_mean, base_mean = record.mean(best), record.mean(record.baseline)
+        if pick_mean is not None and base_mean is not None:
+            gain = study_gain(pick_mean, base_mean, record.direction)
+    elif best is not None and best == record.baseline:
+        gain = 0.0
+    return ConfirmView(record.metric, record.direction, record.seeds, record.epochs, rows,
+                       record.n_done, record.n_runs, gain)
+
+
 # -- the whole report ------------------------------------------------------------------------
 
 
@@ -891,6 +993,7 @@ class Report:
     parallel: Parallel
     freeze: FreezeView
     pareto: tuple[ParetoView, ...]
+    confirm: ConfirmView | None = None
 
     @property
     def info(self) -> StudyInfo:
@@ -910,4 +1013,5 @@ def build_report(study: Any) -> Report:
         parallel=build_parallel(trials, info),
         freeze=build_freeze(trials, info),
         pareto=build_pareto(trials, info),
+        confirm=build_confirm(study),
     )

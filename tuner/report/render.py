@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tuner.report.data import (
+    ConfirmView,
     Curves,
     FreezeView,
     History,
@@ -285,6 +286,75 @@ def pareto_figure(view: ParetoView) -> go.Figure:
     )
 
 
+def _confirm_label(row: Any) -> str:
+    notes = [n for n, on in (("picked", row.picked), ("baseline", row.baseline)) if on]
+    if row.n_failed:
+        notes.append(f"{row.n_failed} failed")
+    return f"#{row.number}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def confirm_figure(view: ConfirmView) -> go.Figure:
+    """Each confirmed trial's search value next to its fresh-seed runs and their mean.
+
+    The gap between the orange diamond and the blue dots is the winner's curse made visible.
+    """
+    labels = [_confirm_label(r) for r in view.rows]
+    fig = go.Figure()
+    xs, ys, seeds = [], [], []
+    for label, row in zip(labels, view.rows):
+        for seed, value in row.runs:
+            if value is not None:
+                xs.append(label)
+                ys.append(value)
+                seeds.append(seed)
+    fig.add_trace(go.Scatter(
+        x=xs, y=ys, mode="markers", name="fresh seed", customdata=seeds,
+        marker={"color": BLUE, "size": 9, "opacity": 0.8},
+        hovertemplate="%{x}<br>seed %{customdata}: %{y:.4g}<extra></extra>",
+    ))
+    means = [(label, r) for label, r in zip(labels, view.rows) if r.mean is not None]
+    fig.add_trace(go.Scatter(
+        x=[label for label, _ in means], y=[r.mean for _, r in means], mode="markers",
+        name="fresh mean ± std",
+        error_y={"type": "data", "array": [r.std or 0.0 for _, r in means], "color": "#333"},
+        marker={"symbol": "line-ew-open", "size": 28, "color": "#333", "line": {"width": 2}},
+        hovertemplate="%{x}<br>mean %{y:.4g}<extra></extra>",
+    ))
+    searched = [(label, r) for label, r in zip(labels, view.rows) if r.search_value is not None]
+    fig.add_trace(go.Scatter(
+        x=[label for label, _ in searched], y=[r.search_value for _, r in searched],
+        mode="markers", name="search value",
+        marker={"symbol": "diamond", "size": 11, "color": ORANGE},
+        hovertemplate="%{x}<br>search %{y:.4g}<extra></extra>",
+    ))
+    length = f" at {view.epochs} epochs" if view.epochs is not None else ""
+    return _layout(fig, f"{view.metric} on fresh trainer seeds"
+                   f" {', '.join(map(str, view.seeds))}{length}", 420,
+                   xaxis={"title": "confirmed trial", "type": "category"},
+                   yaxis={"title": f"{view.metric} ({view.direction})"})
+
+
+def confirm_note(view: ConfirmView) -> str:
+    """One line: seeds, length, progress, the pick and its gain over the baseline."""
+    length = f" at {view.epochs} epochs" if view.epochs is not None else ""
+    text = (f"trainer seeds {', '.join(map(str, view.seeds))}{length}, "
+            f"{view.n_done}/{view.n_runs} runs")
+    pick = view.picked
+    if pick is None:
+        return text + "; no run succeeded"
+    text += f"; picked trial {pick.number}: mean {_fmt(pick.mean)}"
+    if pick.std is not None:
+        text += f" ± {_fmt(pick.std, 2)}"
+    base = next((r for r in view.rows if r.baseline), None)
+    if base is not None and base is not pick:
+        text += f" vs baseline (trial {base.number}) {_fmt(base.mean)}"
+    if view.gain is not None and base is not pick:
+        text += f", gain {view.gain:+.4g}"
+    elif base is pick:
+        text += " (the baseline: no trial beat it on fresh seeds)"
+    return text
+
+
 # -- summary table ---------------------------------------------------------------------------
 
 
@@ -369,6 +439,15 @@ def figures(report: Report) -> list[tuple[str, str, go.Figure | None, str]]:
     A section whose data is empty has no figure, only a note saying why.
     """
     out: list[tuple[str, str, go.Figure | None, str]] = []
+    title = "Confirmation on fresh seeds"
+    if report.confirm is None:
+        out.append(("confirm", title, None, "not confirmed: `tuner confirm --space SPACE` "
+                    "re-trains the best trials and the baseline on fresh trainer seeds"))
+    else:
+        view = report.confirm
+        has_runs = any(v is not None for r in view.rows for _, v in r.runs)
+        out.append(("confirm", title, confirm_figure(view) if has_runs else None,
+                    confirm_note(view)))
     history = report.history
     out.append(("history", "Optimization history",
                 history_figure(history) if history.points else None,
