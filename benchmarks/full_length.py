@@ -59,8 +59,18 @@ def paired_gain(tuned: Sequence[float], baseline: Sequence[float]) -> tuple[floa
 def tuned_picks(
     task: str, work: Path, n_trials: int | None, full_epochs: int
 ) -> dict[str, tuple[int, dict, str]]:
-    """Run the task's study, then confirm it again at ``full_epochs``; per pick: (trial number,
-    its hyp, the rule's description)."""
+    """Run the task's study, then confirm the same candidates again at ``full_epochs``.
+
+    Args:
+        task: The benchmark task.
+        work: Folder of the study database and the hyp files.
+        n_trials: Trials of the study (None: the space's).
+        full_epochs: The length of the second confirmation's runs.
+
+    Returns:
+        Per pick (``best-metric``, ``confirmed``, ``confirmed-full``): the trial number, its
+        hyp and the rule's description.
+    """
     import contextlib
     import io
 
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             same = next((n for n in scores if configs[n] == hyp), None)
             if same is not None:  # the two rules picked the same trial: train it once
                 scores[name] = scores[same]
-                print(f"  {name:>11}: same configuration as {same}", flush=True)
+                print(f"  {name:>14}: same configuration as {same}", flush=True)
                 continue
             scores[name] = {"final": [], "best": []}
             for seed in seeds:
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 scores[name]["final"].append(accs[-1])
                 scores[name]["best"].append(max(accs))
                 print(
-                    f"  {name:>11} seed {seed}: final {accs[-1]:.4f} best {max(accs):.4f}",
+                    f"  {name:>14} seed {seed}: final {accs[-1]:.4f} best {max(accs):.4f}",
                     flush=True,
                 )
         rows = []

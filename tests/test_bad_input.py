@@ -168,6 +168,12 @@ ROWS = [
     ("negative seed", space_text(), ["--seed", "-1"],
      "s.yaml: search.seed: must be in 0 .. 2**32-1, got -1"),
     (
+        "confirmation length without a confirmation",
+        space_text(),
+        ["--confirm-epochs", "12"],
+        "--confirm-epochs: needs --confirm K (or search.confirm.top_k in the space)",
+    ),
+    (
         "Ray flag without the ray backend",
         space_text(),
         ["--ray-address", "auto"],

@@ -113,7 +113,7 @@ def test_search_with_confirm_exports_the_best_fresh_mean(workdir, capsys):
         fresh = [expected_value(hyp, seed) for seed in (1, 2)]
         assert [record.runs[number][s] for s in (1, 2)] == pytest.approx(fresh)
         means[number] = statistics.fmean(fresh)
-        assert (workdir / "studies" / "c" / "confirm" / f"{number:04d}-seed1").is_dir()
+        assert (workdir / "studies" / "c" / "confirm" / f"{number:04d}-seed1-2ep").is_dir()
     picked = max(means, key=means.get)
 
     pick = pick_trial(study)
@@ -121,10 +121,10 @@ def test_search_with_confirm_exports_the_best_fresh_mean(workdir, capsys):
     best_file = workdir / "studies" / "c" / "best_hyp.yaml"
     text = best_file.read_text()
     assert (
-        f"trial: {picked} (confirmed: the best mean val/acc over fresh trainer seeds 1, 2"
-        in text
+        f"trial: {picked} (confirmed: the best mean val/acc over fresh trainer seeds 1, 2 at 2 "
+        "epochs" in text
     )
-    assert "fresh trainer seeds 1, 2: val/acc mean" in text
+    assert "fresh trainer seeds 1, 2 at 2 epochs: val/acc mean" in text
     if picked != 0:
         assert "baseline (trial 0) on the same seeds: mean" in text
         assert "gain on fresh seeds" in text
@@ -132,7 +132,7 @@ def test_search_with_confirm_exports_the_best_fresh_mean(workdir, capsys):
 
     assert main(["status", "--storage", URL]) == 0
     out = capsys.readouterr().out
-    assert "confirmed on trainer seeds 1, 2 (8/8 runs):" in out
+    assert "confirmed on trainer seeds 1, 2 at 2 epochs (8/8 runs):" in out
     # the plain best is still there on request
     assert pick_trial(study, rule="best-metric").trial.number == complete[0].number
 
@@ -285,13 +285,30 @@ def test_confirmation_at_full_length_trains_longer_and_never_mixes_lengths(workd
             assert record.runs[number][seed] == pytest.approx(expected_value(hyp, seed, 5))
     header = (workdir / "studies" / "c" / "best_hyp.yaml").read_text()
     assert "fresh trainer seeds 1, 2 at 5 epochs" in header
+    folders = sorted(p.name for p in (workdir / "studies" / "c" / "confirm").iterdir())
+    assert folders and all(name.endswith("-5ep") for name in folders)
     # confirming at the trial length again measures again: 5-epoch values are not reused
     assert main(["confirm", "--space", "c.yaml", "--top-k", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "the 4 runs of the earlier confirmation (5 epochs) are replaced" in err
     again = cf.load_record(load())
-    assert again.epochs is None
+    assert again.epochs == 2  # the trial length, resolved
     for number in again.confirmed:
         hyp = load().trials[number].user_attrs["hyp"]
         assert again.runs[number][1] == pytest.approx(expected_value(hyp, 1, 2))
+    # the same length, said either way, is the same measurement: nothing is re-trained
+    for flags in (["--epochs", "2"], ["--set", "trainer.epochs=2"]):
+        assert main(["confirm", "--space", "c.yaml", "--top-k", "1", *flags]) == 0
+        assert "(4 runs, 4 done earlier)" in capsys.readouterr().err
+    # a record of an older tuner (no length: its runs were a trial's length) is kept as well
+    attr = dict(load().user_attrs["confirm"])
+    del attr["epochs"]
+    load().set_user_attr("confirm", attr)
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1"]) == 0
+    assert "(4 runs, 4 done earlier)" in capsys.readouterr().err
+    # while another length via the trainer setting is another measurement
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1", "--set", "trainer.epochs=3"]) == 0
+    assert "at 3 epochs (4 runs)" in capsys.readouterr().err
     # the space field, the flag of `tuner search`, and their bounds
     assert main(["confirm", "--space", "c.yaml", "--epochs", "0"]) == 2
     assert "c.yaml: search.confirm.epochs: must be >= 1, got 0" in capsys.readouterr().err

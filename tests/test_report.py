@@ -276,6 +276,14 @@ def test_importances_of_few_trials_with_a_constant_param_or_objective():
     imp = build_importances(flat, study_info(flat))
     assert imp.method == "rank correlation"
     assert "every complete trial has the same val/acc" in imp.note
+    # one flat objective of two (a cost that did not vary) does not cost the other its fANOVA
+    two = hand_made(("maximize", "minimize"))
+    for x, value in ((0.1, 0.5), (0.5, 0.8), (0.9, 0.6)):
+        add(two, values=[value, 1.0], params={"x": x})
+    imp = build_importances(two, study_info(two))
+    assert imp.method == "fANOVA" and imp.by_objective["val/acc"]["x"] == pytest.approx(1.0)
+    assert imp.by_objective["train_time"] == {"x": 0.0, "freeze": 0.0}
+    assert "the same in every complete trial: freeze, train_time" in imp.note
 
 
 # -- hand-made studies: exact numbers --------------------------------------------------------
@@ -412,6 +420,32 @@ def test_confirmation_view_pairs_search_values_with_fresh_runs():
     assert list(fig.data[0].x[:2]) == ["#1 (picked)", "#1 (picked)"]
     assert "#2 (1 failed)" in fig.data[0].x and "#0 (baseline)" in fig.data[2].x
     assert 'data-figure="confirm"' in render_html(report)
+    assert view.exported  # complete, and it covers the study's best trial
+    # unfinished: said so, and the export does not take it yet
+    partial = ConfirmRecord(**{**record.__dict__, "runs": {1: {1: 0.70}, 2: {}, 0: {}},
+                               "reasons": {}})
+    study.set_user_attr("confirm", partial.to_attr())
+    note = figures(build_report(study))[0][3]
+    assert note.startswith("trainer seeds 1, 2 at 30 epochs, 1/6 runs (unfinished: `tuner "
+                           "confirm` resumes; the export takes the best metric); picked trial 1")
+    study.set_user_attr("confirm", {**partial.to_attr(), "runs": {}})
+    assert figures(build_report(study))[0][2:] == (None, "trainer seeds 1, 2 at 30 epochs, 0/6 "
+                                                   "runs (unfinished: `tuner confirm` resumes; "
+                                                   "the export takes the best metric); no run "
+                                                   "finished yet")
+    # stale: a later trial beat every confirmed one, so the export takes that one
+    study.set_user_attr("confirm", record.to_attr())
+    add(study, values=[0.95], train_seconds=1.0, epochs_run=10)
+    view = build_confirm(study)
+    assert not view.exported and view.best_number == 3
+    assert figures(build_report(study))[0][3].endswith(
+        "; stale: trial 3 finished later and beat every confirmed trial, so the export takes it "
+        "until `tuner confirm` runs again"
+    )
+    # multi-objective studies cannot be confirmed: no section points at `tuner confirm`
+    multi = hand_made(("maximize", "minimize"))
+    add(multi, values=[0.5, 1.0], train_seconds=1.0, epochs_run=10)
+    assert "confirm" not in [anchor for anchor, *_ in figures(build_report(multi))]
 
 
 def test_report_of_an_empty_study_says_why(tmp_path):

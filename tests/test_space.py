@@ -164,3 +164,30 @@ def test_the_readme_space_example_is_a_valid_space(tmp_path):
     config = load_space(path)
     assert config.search.n_trials == 20 and config.search.sampler.name == "gp"
     assert {"freeze", "lr0", "momentum", "fliplr", "optimizer"} <= set(config.space)
+
+
+TV_UNFREEZE = """
+trainer: {adapter: torchvision, epochs: 6, data: synthetic, weights: none}
+base: {unfreeze_epoch: 0}
+search: {confirm: {top_k: 1, epochs: 18}}
+space:
+  freeze: {type: int, low: 0, high: 5}
+  unfreeze_epoch: {type: int, low: 0, high: 4}
+"""
+
+
+def test_a_confirmation_length_must_fit_the_searched_schedule(write_space):
+    """A confirmation run shorter than a trial's unfreeze_epoch would never unfreeze: it would
+    confirm another schedule than the one searched."""
+    assert load_space(write_space(TV_UNFREEZE)).search.confirm.epochs == 18  # longer: fine
+    with pytest.raises(InputError) as info:
+        load_space(write_space(TV_UNFREEZE.replace("epochs: 18", "epochs: 3")))
+    assert str(info.value).endswith(
+        "search.confirm.epochs: 3 epochs cannot train space.unfreeze_epoch = 4 (valid at that "
+        "length: [0, 3]); confirm at least as long as that"
+    )
+    # the baseline's value counts too, searched or not
+    text = TV_UNFREEZE.replace("unfreeze_epoch: 0}", "unfreeze_epoch: 5}").replace(
+        "  unfreeze_epoch: {type: int, low: 0, high: 4}\n", "")
+    with pytest.raises(InputError, match=r"4 epochs cannot train base.unfreeze_epoch = 5"):
+        load_space(write_space(text.replace("epochs: 18", "epochs: 4")))

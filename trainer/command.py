@@ -50,8 +50,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainer.base import (
     FREEZE_KEYS,
     Adapter,
@@ -61,6 +59,7 @@ from trainer.base import (
     TrialError,
     TrialResult,
 )
+from trainer.yaml_io import dump_yaml
 from trainer.yolo_common import (
     FREEZE_DEFAULTS,
     YOLOV5_HYP,
@@ -259,7 +258,7 @@ class CommandAdapter(Adapter):
         ordered = {k: v for k, v in full.items() if k not in FREEZE_KEYS}
         ordered.update({k: full[k] for k in FREEZE_KEYS if k in full})
         hyp_file = trial_dir / "train_hyp.yaml"
-        hyp_file.write_text(yaml.safe_dump(_plain(ordered), sort_keys=False))
+        hyp_file.write_text(dump_yaml(_plain(ordered)))
         metrics_path = trial_dir / s.metrics_file
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.unlink(missing_ok=True)  # rows of an earlier attempt would mix in

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw
+
+from trainer.yaml_io import dump_yaml
 
 # Bump when the drawing changes, so cached copies made by an older version are redrawn.
 GENERATOR_VERSION = 1
@@ -154,7 +155,7 @@ def generate(out_dir: str | Path, spec: DetectionSpec | None = None) -> Path:
         _write_split(tmp, "train", spec.n_train, rng, spec)
         _write_split(tmp, "val", spec.n_val, rng, spec)
         # data.yaml names the final location, not the temporary one.
-        (tmp / "data.yaml").write_text(yaml.safe_dump(_data_yaml(out_dir, spec), sort_keys=False))
+        (tmp / "data.yaml").write_text(dump_yaml(_data_yaml(out_dir, spec)))
         (tmp / _MARKER).write_text(json.dumps({"version": GENERATOR_VERSION, **asdict(spec)}))
         if is_complete(out_dir, spec):  # another process finished first
             return data_yaml

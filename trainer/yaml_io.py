@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+# YAML 1.2's floats with an exponent and no dot, which YAML 1.1 (PyYAML) reads as strings
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's exponent floats."""
@@ -21,7 +24,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    _EXPONENT_FLOAT,
     list("-+0123456789"),
 )
 
@@ -41,3 +44,21 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     return f"invalid YAML{where}: {problem}"
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes strings :func:`parse_yaml` would read as floats."""
+
+
+# the dumper quotes a string whenever a resolver would read it back as another type, so with
+# the same resolver `'1e5'` is written quoted and stays a string through parse_yaml
+_Dumper.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    _EXPONENT_FLOAT,
+    list("-+0123456789"),
+)
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as block YAML in insertion order that :func:`parse_yaml` reads back unchanged."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)

@@ -36,9 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainer.base import Adapter, ConfigError, Pruned, Reporter, TrialError, TrialResult
+from trainer.yaml_io import dump_yaml
 from trainer.yolo_common import (
     YOLOV5_HYP,
     YOLOV5_METRICS,
@@ -258,7 +257,7 @@ class YoloV5Adapter(Adapter):
                                  f"no {key}; remove it from the base hyp")
         env = {**os.environ, **offline_env(self.cache_dir), "PYTHONUNBUFFERED": "1", **s.env}
         hyp_file = trial_dir / "train_hyp.yaml"
-        hyp_file.write_text(yaml.safe_dump(yolov5_hyp_file(hyp), sort_keys=False))
+        hyp_file.write_text(dump_yaml(yolov5_hyp_file(hyp)))
         run_dir = trial_dir / run_name(trial_dir)
         csv = run_dir / "results.csv"
         csv.unlink(missing_ok=True)  # train.py appends: rows of an earlier attempt would mix in

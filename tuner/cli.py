@@ -117,17 +117,18 @@ def _check_writable(path: Path) -> None:
     """
     import tempfile
 
-    if path.is_dir():
-        raise InputError("--out", None, f"{path} is a directory, expected a file path")
-    # a file (or a broken link) in the way would surface as mkdir's "File exists", which hides
-    # which part is wrong; a relative path's parents end at ".", an absolute one's at "/"
-    blocker = next(p for p in path.parents if p.exists() or p.is_symlink())
-    if not blocker.is_dir():
-        raise InputError("--out", None, f"cannot write {path}: {blocker} is not a directory")
     try:
+        if path.is_dir():
+            raise InputError("--out", None, f"{path} is a directory, expected a file path")
+        # a file (or a broken link) in the way would surface as mkdir's "File exists", which
+        # hides which part is wrong; a relative path's parents end at ".", an absolute one's
+        # at "/"
+        blocker = next((p for p in path.parents if p.exists() or p.is_symlink()), Path("."))
+        if not blocker.is_dir():
+            raise InputError("--out", None, f"cannot write {path}: {blocker} is not a directory")
         with tempfile.TemporaryFile(dir=blocker):
             pass
-    except OSError as exc:
+    except OSError as exc:  # stat errors too: a name too long, a folder that cannot be entered
         raise InputError("--out", None, f"cannot write {path}: {exc.strerror or exc}") from None
 
 
@@ -224,14 +225,17 @@ def _search_options(args: argparse.Namespace) -> Any:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import yaml
-
+    from trainer.yaml_io import dump_yaml
     from tuner import study as st
     from tuner.backends import SearchJob, get_backend
     from tuner.export import export, write_atomic
 
     st.quiet_optuna()
     config = _load(args)
+    if args.confirm_epochs is not None and not config.search.confirm.top_k:
+        # it would be silently ignored: no confirmation follows this search
+        raise InputError("--confirm-epochs", None,
+                         "needs --confirm K (or search.confirm.top_k in the space)")
     options = _search_options(args)
     worker = args.worker_index
     storage_url = args.storage or st.default_storage(config.study)
@@ -270,7 +274,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     if worker is not None:
         return _search_worker(job, progress, worker)
-    write_atomic(out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_atomic(out_dir / "config.yaml", dump_yaml(resolved))
 
     print(
         f"study {config.study!r}  storage {storage_url}  adapter {config.trainer.adapter}  "
@@ -596,8 +600,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    import yaml
-
+    from trainer.yaml_io import dump_yaml
     from tuner import study as st
 
     config = _load(args)
@@ -605,7 +608,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     st.make_sampler(config)
     st.make_pruner(config)
     print(f"# {args.space}: ok", file=sys.stderr)
-    print(yaml.safe_dump(config.to_dict(adapter), sort_keys=False), end="")
+    print(dump_yaml(config.to_dict(adapter)), end="")
     return 0
 
 

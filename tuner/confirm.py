@@ -51,7 +51,8 @@ class ConfirmRecord:
         runs: Trial -> seed -> value (None: the run failed; see ``reasons``).
         reasons: Trial -> seed -> why the run failed.
         search_values: Trial -> its value in the search (for comparison only).
-        epochs: The length of each run (None: the trials' own ``trainer.epochs``).
+        epochs: The length of each run in epochs (None: the adapter has no epochs setting,
+            or the record predates this field and its runs were a trial's length).
     """
 
     metric: str
@@ -200,8 +201,14 @@ def candidates(study: optuna.Study, top_k: int) -> tuple[list[FrozenTrial], Froz
 def seeded_config(
     config: StudyConfig, setting: str, seed: int, epochs: int | None = None
 ) -> StudyConfig:
-    """The same space with the trainer's seed setting (and, given ``epochs``, its length)
-    replaced."""
+    """The same space with the trainer's seed setting replaced.
+
+    Args:
+        config: The study's space.
+        setting: The adapter's seed setting.
+        seed: Its new value.
+        epochs: A new length (the ``epochs`` setting), or None to keep the space's.
+    """
     settings = {**config.trainer.settings, setting: seed}
     if epochs is not None:
         settings[EPOCHS_SETTING] = epochs
@@ -251,8 +258,9 @@ def run_confirm(
         n_seeds: Fresh seeds per trial.
         say: Progress output.
         make_adapter: Builds a prepared adapter for a config (default: build and prepare).
-        epochs: Train each run this long (None: a trial's length). Runs are scored as the
-            search scores a trial (the objective's ``reduce``).
+        epochs: Train each run this long (None: a trial's length, ``trainer.epochs`` of
+            ``config``). Runs are scored as the search scores a trial (the objective's
+            ``reduce``).
 
     Raises:
         InputError: A multi-objective study, an adapter without a seed, or no complete trial.
@@ -270,8 +278,17 @@ def run_confirm(
     trials = [*chosen, *([base] if extra else [])]
     target = config.objective.primary
     old = load_record(study)
-    # a run of another length is another measurement: it is not mixed into the means
-    keep = old is not None and old.metric == target.metric and old.epochs == epochs
+    # the length the runs train, resolved (a `--set trainer.epochs=50` is 50 as much as
+    # `--epochs 50`), so that runs of another length, another measurement, are never mixed in
+    length = epochs if epochs is not None else adapter.settings_dict().get(EPOCHS_SETTING)
+    same_length = old is not None and (
+        old.epochs == length or (old.epochs is None and epochs is None)  # an older record
+    )
+    keep = old is not None and old.metric == target.metric and same_length
+    if old is not None and not keep and old.n_done:
+        why = "another metric" if old.metric != target.metric else (
+            f"{old.epochs} epochs" if old.epochs is not None else "a trial's length")
+        say(f"confirm: the {old.n_done} runs of the earlier confirmation ({why}) are replaced")
     runs: dict[int, dict[int, float | None]] = {
         t.number: {s: v for s, v in (old.runs.get(t.number, {}) if keep else {}).items()
                    if s in seeds}
@@ -294,7 +311,7 @@ def run_confirm(
             reasons=reasons,
             search_values={t.number: float(t.value) for t in trials},
             baseline=baseline,
-            epochs=epochs,
+            epochs=length,
         )
 
     build = make_adapter or _prepared
@@ -306,7 +323,7 @@ def run_confirm(
         f"confirm: re-training the top {len(chosen)} trials"
         + (f" and the baseline (trial {base.number})" if extra else "")
         + f" on fresh trainer seeds {', '.join(map(str, seeds))}"
-        + (f" at {epochs} epochs" if epochs is not None else "")
+        + (f" at {length} epochs" if length is not None else "")
         + f" ({n_total} runs"
         + (f", {done} done earlier" if done else "")
         + ")"
@@ -316,7 +333,9 @@ def run_confirm(
     for trial, seed in todo:
         if seed not in adapters:
             adapters[seed] = build(seeded_config(config, setting, seed, epochs))
-        run_dir = out_dir / "confirm" / f"{trial.number:04d}-seed{seed}"
+        # one folder per length too: a confirmation at full length keeps the short one's files
+        suffix = f"-{length}ep" if length is not None else ""
+        run_dir = out_dir / "confirm" / f"{trial.number:04d}-seed{seed}{suffix}"
         run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         try:

@@ -14,8 +14,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
+from trainer.yaml_io import dump_yaml
 from tuner.errors import InputError
 
 # A note that starts with this line was written by tuner and may be refreshed; any other
@@ -40,7 +39,7 @@ def study_note(study: Any) -> str:
     metrics = attrs.get("metrics") or []
     directions = [d.name.lower() for d in study.directions]
     objective = ", ".join(f"`{m}` ({d})" for m, d in zip(metrics, directions))
-    config = yaml.safe_dump(attrs.get("config") or {}, sort_keys=False).rstrip()
+    config = dump_yaml(attrs.get("config") or {}).rstrip()
     rows = "\n".join(f"| `{key}` | {meaning} |" for key, meaning in TRIAL_ATTRS)
     return (
         f"{NOTE_TITLE} `{study.study_name}`\n\n"

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from trainer.formats import FORMATS
-from trainer.yaml_io import parse_yaml
+from trainer.yaml_io import dump_yaml, parse_yaml
 from tuner.confirm import ConfirmRecord, best_confirmed, load_record
 from tuner.errors import InputError
 from tuner.study import baseline_trial, best_trial, counts, gain
@@ -345,7 +344,7 @@ def render(
     mapping, extra = FORMATS[fmt].render(trial_hyp(study, pick.trial), settings, filename)
     lines = header_lines(study, pick, command) + [f"format: {fmt}"] + extra
     head = "".join(f"# {line}\n" for line in lines)
-    return head + yaml.safe_dump(_plain(mapping), sort_keys=False)
+    return head + dump_yaml(_plain(mapping))
 
 
 def _native_format(adapter: str | None) -> str:

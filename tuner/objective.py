@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from trainer.base import Adapter, DivergedError, Pruned, TrialError, TrialResult
+from trainer.yaml_io import dump_yaml
 from tuner.samplers import DIVERGED_ATTR
 from tuner.space import ParamSpec, StudyConfig
 
@@ -183,7 +183,7 @@ class Objective:
         trial_dir = self.out_dir / "trials" / f"{trial.number:04d}"
         trial_dir.mkdir(parents=True, exist_ok=True)
         hyp_path = trial_dir / "hyp.yaml"
-        hyp_path.write_text(yaml.safe_dump(hyp, sort_keys=False))
+        hyp_path.write_text(dump_yaml(hyp))
         trial.set_user_attr("hyp", hyp)
         trial.set_user_attr("hyp_path", str(hyp_path))
         objective = self.config.objective

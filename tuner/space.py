@@ -586,6 +586,9 @@ def load_space(
             )
         _check_limits(ctx, spec, limits.get(key))
         space[key] = spec
+    if search.confirm.epochs is not None:
+        _check_confirm_length(ctx, search.confirm.epochs, adapter_cls, trainer_raw, cache_dir,
+                              space, base, adapter)
 
     config = StudyConfig(
         source=source,
@@ -600,6 +603,46 @@ def load_space(
     if search.baseline:
         _check_baseline(ctx, config, adapter)
     return config
+
+
+def _check_confirm_length(
+    ctx: _Ctx,
+    epochs: int,
+    adapter_cls: type[Adapter],
+    trainer_raw: Mapping[str, Any],
+    cache_dir: Path | None,
+    space: Mapping[str, ParamSpec],
+    base: Mapping[str, Any],
+    adapter: Adapter,
+) -> None:
+    """A confirmation length must keep every searched value meaningful.
+
+    Limits that depend on the length (``unfreeze_epoch`` <= epochs) are checked again for an
+    adapter of ``search.confirm.epochs``: a run shorter than a trial's ``unfreeze_epoch`` would
+    never unfreeze and so confirm another schedule than the one searched.
+    """
+    field_name = "search.confirm.epochs"
+    try:
+        longer = adapter_cls({**trainer_raw, EPOCHS_SETTING: epochs},
+                             cache_dir or Path("studies/.cache"))
+    except ConfigError as exc:
+        raise ctx.error(field_name, f"{epochs}: {exc.message}") from None
+    limits = longer.limits()
+    hyp = {**adapter.default_hyp(), **base}
+    for key, (lo, hi) in limits.items():
+        spec = space.get(key)
+        values = [] if spec is None else (
+            spec.choices if spec.type == "categorical" else (spec.low, spec.high)
+        )
+        where = f"space.{key}" if spec is not None else f"base.{key}"
+        for value in [*values, hyp.get(key)]:
+            if isinstance(value, int | float) and not isinstance(value, bool) \
+                    and not lo <= value <= hi:
+                raise ctx.error(
+                    field_name,
+                    f"{epochs} epochs cannot train {where} = {value} (valid at that length: "
+                    f"[{lo}, {hi}]); confirm at least as long as that",
+                )
 
 
 def _check_limits(ctx: _Ctx, spec: ParamSpec, limit: tuple[float, float] | None) -> None:

@@ -74,6 +74,8 @@ def _read_yaml(path: Path, field: str) -> Any:
         return parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(field, f"{path}: {yaml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(field, f"cannot read {path}: {exc}") from None
 
 
 def read_hyp(path: Path) -> dict[str, Any]:

@@ -93,9 +93,8 @@ def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
     Errors are caught and reported (the driver records the reason and marks the trial FAIL);
     they are not raised, so Ray neither retries the trial nor prints its traceback.
     """
-    import yaml
-
     from trainer.base import DivergedError, TrialError, register_adapter
+    from trainer.yaml_io import dump_yaml
     from tuner.objective import diverged_attrs, failure_reason, trial_values
 
     params = dict(params)
@@ -106,7 +105,7 @@ def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
     hyp = {**setup["base_hyp"], **params}
     trial_dir = Path(setup["out_dir"]) / "trials" / f"{number:04d}"
     trial_dir.mkdir(parents=True, exist_ok=True)
-    (trial_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
+    (trial_dir / "hyp.yaml").write_text(dump_yaml(hyp))
     summary: dict[str, Any]
     result = None
     started = time.perf_counter()

@@ -401,14 +401,21 @@ def build_importances(study: Any, info: StudyInfo) -> Importances:
     # a parameter with one value in every complete trial explains nothing, and fANOVA's forest
     # cannot split on it (with nothing else to split on it raises): it scores 0
     constant = [p for p in common if len({repr(t.params[p]) for t in complete}) == 1]
-    fanova, why_not = _fanova(study, info, [p for p in common if p not in constant])
+    varied = [p for p in common if p not in constant]
+    if not common:
+        fanova, why_not, flat = None, "no parameter is in every complete trial (fANOVA)", []
+    elif not varied:
+        fanova, why_not, flat = None, "no parameter varies across the complete trials", []
+    else:
+        fanova, why_not, flat = _fanova(study, info, varied, complete)
     if fanova is not None:
         for scores in fanova.values():
             scores.update({p: 0.0 for p in constant})
         skipped = tuple(p for p in params if p not in common)
         note = f"fANOVA: {reason}" + (
             f"; not assessed (absent from some trials): {', '.join(skipped)}" if skipped else ""
-        ) + (f"; the same in every complete trial: {', '.join(constant)}" if constant else "")
+        ) + (f"; the same in every complete trial: {', '.join(constant + flat)}"
+             if constant or flat else "")
         return Importances("fANOVA", fanova, n, note, skipped)
     by_objective = {
         metric: _normalise({p: _rank_importance(complete, p, k) for p in params})
@@ -456,28 +463,38 @@ def _ped_anova(
 
 
 def _fanova(
-    study: Any, info: StudyInfo, params: list[str]
-) -> tuple[dict[str, dict[str, float]] | None, str]:
-    """fANOVA importances of ``params`` per objective, or None and why it could not run."""
+    study: Any, info: StudyInfo, params: list[str], complete: Sequence[FrozenTrial]
+) -> tuple[dict[str, dict[str, float]] | None, str, list[str]]:
+    """fANOVA importances of ``params`` per objective.
+
+    Returns:
+        The importances (None: fANOVA could not run), why not, and the objectives every
+        complete trial scored the same on (they explain nothing: all parameters score 0; with
+        one flat objective fANOVA's forest would raise "zero total variance").
+    """
     try:
         import sklearn  # noqa: F401  (fANOVA's random forest)
     except ImportError:
-        return None, "scikit-learn for fANOVA not installed"
-    if not params:
-        return None, "no parameter varies across the complete trials for fANOVA"
+        return None, "scikit-learn for fANOVA not installed", []
     from optuna.importance import FanovaImportanceEvaluator
 
-    out = {}
+    out: dict[str, dict[str, float]] = {}
+    flat = [m for k, m in enumerate(info.metrics) if len({t.values[k] for t in complete}) == 1]
+    if len(flat) == len(info.metrics):
+        return None, f"every complete trial has the same {', '.join(flat)}", flat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for k, metric in enumerate(info.metrics):
+            if metric in flat:
+                out[metric] = {p: 0.0 for p in params}
+                continue
             evaluator = FanovaImportanceEvaluator(seed=0)
             try:
                 raw = evaluator.evaluate(study, params=params, target=_target(k, None))
-            except RuntimeError:  # "zero total variance": every trial scored the same
-                return None, f"every complete trial has the same {metric} (nothing for fANOVA)"
+            except RuntimeError as exc:  # a forest with nothing to split: say so, fall back
+                return None, f"fANOVA failed ({exc})", flat
             out[metric] = _normalise(raw)
-    return out, ""
+    return out, "", flat
 
 
 def _rank_importance(complete: Sequence[FrozenTrial], param: str, k: int) -> float:
@@ -914,6 +931,7 @@ class ConfirmRow:
 
     @property
     def n_failed(self) -> int:
+        """Fresh runs that failed."""
         return sum(v is None for _, v in self.runs)
 
 
@@ -931,6 +949,9 @@ class ConfirmView:
         n_runs: Runs the confirmation asked for.
         gain: The picked trial's fresh mean over the baseline's (positive is better); None
             without both.
+        exported: The default export takes the pick (False while runs are missing, or once a
+            later trial beat every confirmed one: ``tuner export`` then takes the best metric).
+        best_number: The study's best trial by search value, for saying what overtook it.
     """
 
     metric: str
@@ -941,15 +962,20 @@ class ConfirmView:
     n_done: int
     n_runs: int
     gain: float | None
+    exported: bool = False
+    best_number: int | None = None
 
     @property
     def picked(self) -> ConfirmRow | None:
+        """The row with the best fresh mean (None: no run succeeded)."""
         return next((r for r in self.rows if r.picked), None)
 
 
 def build_confirm(study: Any) -> ConfirmView | None:
     """The confirmation recorded in the study, or None when it has none."""
     from tuner.confirm import best_confirmed, load_record
+    from tuner.export import default_pick
+    from tuner.study import best_trial
 
     record = load_record(study)
     if record is None:
@@ -975,8 +1001,11 @@ def build_confirm(study: Any) -> ConfirmView | None:
             gain = study_gain(pick_mean, base_mean, record.direction)
     elif best is not None and best == record.baseline:
         gain = 0.0
+    best = best_trial(study)
     return ConfirmView(record.metric, record.direction, record.seeds, record.epochs, rows,
-                       record.n_done, record.n_runs, gain)
+                       record.n_done, record.n_runs, gain,
+                       exported=default_pick(study).kind == "confirmed",
+                       best_number=best.number if best is not None else None)
 
 
 # -- the whole report ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tuner.report.data import (
+    ConfirmRow,
     ConfirmView,
     Curves,
     FreezeView,
@@ -286,7 +287,8 @@ def pareto_figure(view: ParetoView) -> go.Figure:
     )
 
 
-def _confirm_label(row: Any) -> str:
+def _confirm_label(row: ConfirmRow) -> str:
+    """``#12 (picked, 1 failed)``: a trial's category on the confirmation figure."""
     notes = [n for n, on in (("picked", row.picked), ("baseline", row.baseline)) if on]
     if row.n_failed:
         notes.append(f"{row.n_failed} failed")
@@ -335,13 +337,16 @@ def confirm_figure(view: ConfirmView) -> go.Figure:
 
 
 def confirm_note(view: ConfirmView) -> str:
-    """One line: seeds, length, progress, the pick and its gain over the baseline."""
+    """One line: seeds, length, progress, the pick, its gain over the baseline, and whether
+    the default export takes it."""
     length = f" at {view.epochs} epochs" if view.epochs is not None else ""
     text = (f"trainer seeds {', '.join(map(str, view.seeds))}{length}, "
             f"{view.n_done}/{view.n_runs} runs")
+    if view.n_done < view.n_runs:
+        text += " (unfinished: `tuner confirm` resumes; the export takes the best metric)"
     pick = view.picked
     if pick is None:
-        return text + "; no run succeeded"
+        return text + ("; no run finished yet" if not view.n_done else "; no run succeeded")
     text += f"; picked trial {pick.number}: mean {_fmt(pick.mean)}"
     if pick.std is not None:
         text += f" ± {_fmt(pick.std, 2)}"
@@ -352,6 +357,10 @@ def confirm_note(view: ConfirmView) -> str:
         text += f", gain {view.gain:+.4g}"
     elif base is pick:
         text += " (the baseline: no trial beat it on fresh seeds)"
+    confirmed = {r.number for r in view.rows}
+    if view.n_done == view.n_runs and not view.exported and view.best_number not in confirmed:
+        text += (f"; stale: trial {view.best_number} finished later and beat every confirmed "
+                 "trial, so the export takes it until `tuner confirm` runs again")
     return text
 
 
@@ -440,7 +449,9 @@ def figures(report: Report) -> list[tuple[str, str, go.Figure | None, str]]:
     """
     out: list[tuple[str, str, go.Figure | None, str]] = []
     title = "Confirmation on fresh seeds"
-    if report.confirm is None:
+    if report.info.is_multi:
+        pass  # confirmation is for single-objective studies: no section to point at it
+    elif report.confirm is None:
         out.append(("confirm", title, None, "not confirmed: `tuner confirm --space SPACE` "
                     "re-trains the best trials and the baseline on fresh trainer seeds"))
     else:
