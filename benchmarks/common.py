@@ -119,23 +119,26 @@ def prepared_adapter(config):
     return adapter
 
 
-def run_search(sets: Sequence[str], url: str, out: Path) -> None:
-    """``tuner search`` in-process on the demo space with ``--set`` overrides ``sets``.
+def run_search(
+    sets: Sequence[str], url: str, out: Path, command: str = "search", flags: Sequence[str] = ()
+) -> None:
+    """``tuner search`` (or ``command``, e.g. ``confirm``) in-process on the demo space with
+    ``--set`` overrides ``sets`` and more ``flags``.
 
     The progress lines go to stderr; the hyp YAML it prints on stdout is not wanted here.
 
     Raises:
-        SystemExit: The search did not exit 0.
+        SystemExit: The command did not exit 0.
     """
     from tuner.cli import main
 
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(
-            ["search", "--space", str(DEMO_SPACE), "--storage", url, "--out", str(out),
+            [command, "--space", str(DEMO_SPACE), "--storage", url, "--out", str(out), *flags,
              *(f"--set={s}" for s in sets)]
         )
     if code != 0:
-        raise SystemExit(f"tuner search exited {code}")
+        raise SystemExit(f"tuner {command} exited {code}")
 
 
 def machine() -> str:

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.common import (
-    DEMO_SPACE,
     Recorder,
     add_common_flags,
     load_task,
@@ -71,12 +70,8 @@ def tuned_picks(
         Per pick (``best-metric``, ``confirmed``, ``confirmed-full``): the trial number, its
         hyp and the rule's description.
     """
-    import contextlib
-    import io
-
     import optuna
 
-    from tuner.cli import main
     from tuner.export import pick_trial, trial_hyp
 
     url = f"sqlite:///{work / f'{task}.db'}"
@@ -90,12 +85,7 @@ def tuned_picks(
         pick = pick_trial(study, rule=rule)
         out[rule] = (pick.trial.number, trial_hyp(study, pick.trial), pick.rule)
     # the same top trials and seeds, each run at the full length (it replaces the short record)
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = main(["confirm", "--space", str(DEMO_SPACE), "--storage", url,
-                     "--out", str(work / f"{task}-full.yaml"), "--epochs", str(full_epochs),
-                     *(f"--set={s}" for s in sets)])
-    if code != 0:
-        raise SystemExit(f"tuner confirm exited {code}")
+    run_search(sets, url, work / f"{task}-full.yaml", "confirm", ["--epochs", str(full_epochs)])
     study = optuna.load_study(study_name=f"full-{task}", storage=url)
     pick = pick_trial(study, rule="confirmed")
     out[FULL] = (pick.trial.number, trial_hyp(study, pick.trial), pick.rule)

@@ -631,9 +631,7 @@ def _check_confirm_length(
     hyp = {**adapter.default_hyp(), **base}
     for key, (lo, hi) in limits.items():
         spec = space.get(key)
-        values = [] if spec is None else (
-            spec.choices if spec.type == "categorical" else (spec.low, spec.high)
-        )
+        values = [] if spec is None else _extremes(spec)
         where = f"space.{key}" if spec is not None else f"base.{key}"
         for value in [*values, hyp.get(key)]:
             if isinstance(value, int | float) and not isinstance(value, bool) \
@@ -645,12 +643,16 @@ def _check_confirm_length(
                 )
 
 
+def _extremes(spec: ParamSpec) -> tuple[Any, ...]:
+    """The values that bound what ``spec`` can sample: its choices, or low and high."""
+    return spec.choices if spec.type == "categorical" else (spec.low, spec.high)
+
+
 def _check_limits(ctx: _Ctx, spec: ParamSpec, limit: tuple[float, float] | None) -> None:
     if limit is None:
         return
     lo, hi = limit
-    values = spec.choices if spec.type == "categorical" else (spec.low, spec.high)
-    for value in values:
+    for value in _extremes(spec):
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not lo <= value <= hi:
                 raise ctx.error(
