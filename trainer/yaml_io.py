@@ -22,13 +22,6 @@ class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's exponent floats."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    _EXPONENT_FLOAT,
-    list("-+0123456789"),
-)
-
-
 def parse_yaml(text: str) -> Any:
     """The YAML document in ``text``, read by the safe loader with ``1e-4`` as a float.
 
@@ -51,12 +44,9 @@ class _Dumper(yaml.SafeDumper):
 
 
 # the dumper quotes a string whenever a resolver would read it back as another type, so with
-# the same resolver `'1e5'` is written quoted and stays a string through parse_yaml
-_Dumper.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    _EXPONENT_FLOAT,
-    list("-+0123456789"),
-)
+# the loader's resolver `'1e5'` is written quoted and stays a string through parse_yaml
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def dump_yaml(data: Any) -> str:

@@ -31,6 +31,7 @@ from trainer.base import Adapter, NullReporter
 from tuner.errors import InputError
 from tuner.objective import checked_metric, failure_reason, trial_values
 from tuner.space import EPOCHS_SETTING, StudyConfig, TrainerConfig, confirm_problem
+from tuner.study import gain as study_gain
 
 ATTR = "confirm"
 # `tuner confirm` without --top-k, on a space that does not set search.confirm.top_k
@@ -82,6 +83,17 @@ class ConfirmRecord:
     def std(self, number: int) -> float | None:
         values = self.values(number)
         return statistics.stdev(values) if len(values) > 1 else None
+
+    def gain(self, number: int) -> float | None:
+        """Trial ``number``'s fresh mean over the baseline's on the same seeds (positive is
+        better, :func:`tuner.study.gain`); None without a baseline, for the baseline itself,
+        or when either has no successful run."""
+        if self.baseline is None or number == self.baseline:
+            return None
+        mean, base_mean = self.mean(number), self.mean(self.baseline)
+        if mean is None or base_mean is None:
+            return None
+        return study_gain(mean, base_mean, self.direction)
 
     @property
     def n_runs(self) -> int:

@@ -277,7 +277,7 @@ def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[s
         )
     else:
         lines.append("baseline: not in this study")
-    lines += _confirm_lines(load_record(study), trial.number, direction)
+    lines += _confirm_lines(load_record(study), trial.number)
     edges = edge_params(trial)
     if edges:
         lines.append(
@@ -291,7 +291,7 @@ def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[s
     return lines
 
 
-def _confirm_lines(record: ConfirmRecord | None, number: int, direction: str) -> list[str]:
+def _confirm_lines(record: ConfirmRecord | None, number: int) -> list[str]:
     """The fresh-seed means of the pick and the baseline (what the pick is worth)."""
     if record is None or number not in record.confirmed:
         return []
@@ -310,11 +310,9 @@ def _confirm_lines(record: ConfirmRecord | None, number: int, direction: str) ->
     base = record.baseline
     if base is not None and base != number:
         lines.append(f"baseline (trial {base}) on the same seeds: mean {spread(base)}")
-        pick_mean, base_mean = record.mean(number), record.mean(base)
-        if pick_mean is not None and base_mean is not None:
-            lines.append(
-                f"gain on fresh seeds {gain(pick_mean, base_mean, direction):+.6g}"
-            )
+        fresh_gain = record.gain(number)
+        if fresh_gain is not None:
+            lines.append(f"gain on fresh seeds {fresh_gain:+.6g}")
     return lines
 
 

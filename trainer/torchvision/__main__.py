@@ -64,7 +64,7 @@ def _read_yaml(path: Path, field: str) -> Any:
     """The YAML document in ``path`` (``1e-4`` a float), an empty file as ``{}``.
 
     Raises:
-        ConfigError: The file is not valid YAML.
+        ConfigError: The file cannot be read or is not valid YAML.
     """
     import yaml
 

@@ -980,30 +980,24 @@ def build_confirm(study: Any) -> ConfirmView | None:
     record = load_record(study)
     if record is None:
         return None
-    best = best_confirmed(record)
+    picked = best_confirmed(record)
     rows = tuple(
         ConfirmRow(
             number=n,
             search_value=record.search_values.get(n),
-            runs=tuple((seed, record.runs.get(n, {}).get(seed)) for seed in record.seeds
-                       if seed in record.runs.get(n, {})),
+            runs=tuple((seed, value) for seed, value in record.runs.get(n, {}).items()
+                       if seed in record.seeds),
             mean=record.mean(n),
             std=record.std(n),
             baseline=n == record.baseline,
-            picked=n == best,
+            picked=n == picked,
         )
         for n in record.confirmed
     )
-    gain = None
-    if best is not None and record.baseline is not None and best != record.baseline:
-        pick_mean, base_mean = record.mean(best), record.mean(record.baseline)
-        if pick_mean is not None and base_mean is not None:
-            gain = study_gain(pick_mean, base_mean, record.direction)
-    elif best is not None and best == record.baseline:
-        gain = 0.0
     best = best_trial(study)
     return ConfirmView(record.metric, record.direction, record.seeds, record.epochs, rows,
-                       record.n_done, record.n_runs, gain,
+                       record.n_done, record.n_runs,
+                       record.gain(picked) if picked is not None else None,
                        exported=default_pick(study).kind == "confirmed",
                        best_number=best.number if best is not None else None)
 
