@@ -5,7 +5,9 @@ then the confirmation of the 3 best trials and the baseline on 2 fresh trainer s
 two configurations: the trial with the best search value (``--pick best-metric``, what a
 plain search exports) and the best mean over the fresh seeds (``--pick confirmed``, what the
 shipped space exports). A third comes from ``tuner confirm --epochs`` on the same study: the
-same candidates and seeds confirmed at the full length (``confirmed-full``). The picks and
+same candidates and seeds confirmed at the full length (``confirmed-full``), scored as the
+search scores (the best epoch); a fourth from those runs re-scored by their last epoch
+(``--reduce last``, ``confirmed-last``: no training, the curves are recorded). The picks and
 the baseline hyps (the space's ``base`` over the trainer defaults: trial 0) then train
 ``--factor`` times longer than a trial, for ``--seeds`` trainer seeds from ``--first-seed`` on
 (default 100: seeds neither the study, 0, nor its confirmations, 1 and 2, trained with).
@@ -37,9 +39,10 @@ from benchmarks.common import (
     write_section,
 )
 
-# the pick rules read after the search, and the name of the pick of the full-length confirmation
+# the pick rules read after the search, and the picks of the full-length confirmation by the
+# scoring of its runs (the best epoch, as the search scores; the last epoch)
 PICKS = ("best-metric", "confirmed")
-FULL = "confirmed-full"
+FULL = {"confirmed-full": "best", "confirmed-last": "last"}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -67,8 +70,8 @@ def tuned_picks(
         full_epochs: The length of the second confirmation's runs.
 
     Returns:
-        Per pick (``best-metric``, ``confirmed``, ``confirmed-full``): the trial number, its
-        hyp and the rule's description.
+        Per pick (``best-metric``, ``confirmed``, ``confirmed-full``, ``confirmed-last``): the
+        trial number, its hyp and the rule's description.
     """
     import optuna
 
@@ -84,11 +87,14 @@ def tuned_picks(
     for rule in PICKS:
         pick = pick_trial(study, rule=rule)
         out[rule] = (pick.trial.number, trial_hyp(study, pick.trial), pick.rule)
-    # the same top trials and seeds, each run at the full length (it replaces the short record)
-    run_search(sets, url, work / f"{task}-full.yaml", "confirm", ["--epochs", str(full_epochs)])
-    study = optuna.load_study(study_name=f"full-{task}", storage=url)
-    pick = pick_trial(study, rule="confirmed")
-    out[FULL] = (pick.trial.number, trial_hyp(study, pick.trial), pick.rule)
+    # the same top trials and seeds, each run at the full length (it replaces the short
+    # record); the second call re-scores those runs by their last epoch without training
+    for name, reduce in FULL.items():
+        run_search(sets, url, work / f"{task}-{name}.yaml", "confirm",
+                   ["--epochs", str(full_epochs), "--reduce", reduce])
+        study = optuna.load_study(study_name=f"full-{task}", storage=url)
+        pick = pick_trial(study, rule="confirmed")
+        out[name] = (pick.trial.number, trial_hyp(study, pick.trial), pick.rule)
     return out
 
 
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 (name, trial, f"{final[0]:.4f} ± {final[1]:.4f}", f"{best[0]:.4f} ± {best[1]:.4f}")
             )
-        for rule in (*PICKS, FULL):
+        for rule in (*PICKS, *FULL):
             gain, spread, n_won = paired_gain(
                 scores[rule]["final"], scores["baseline"]["final"]
             )
@@ -183,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             "best trials and the baseline on trainer seeds 1 and 2) gives two picks: the best "
             "search value (`--pick best-metric`) and the best fresh-seed mean (`--pick "
             "confirmed`, the default export); `tuner confirm --epochs` then confirms the same "
-            f"candidates on the same seeds at {args.factor}x a trial's epochs "
-            f"(`confirmed-full`). The picks and the baseline train {args.factor}x a "
+            f"candidates on the same seeds at {args.factor}x a trial's epochs, scored by "
+            "their best epoch as the search scores (`confirmed-full`) and re-scored by their "
+            "last epoch (`--reduce last`, `confirmed-last`, no training). The picks and the "
+            f"baseline train {args.factor}x a "
             f"trial's epochs on trainer seeds {seeds[0]}..{seeds[-1]}, which neither the study "
             "nor the confirmations used. Mean ± standard deviation over seeds.",
             *sections,

@@ -27,6 +27,9 @@ class CurveSettings:
     data: str | None = None
     seed: int = 0
     noise: float = 0.0  # a seed-dependent offset in [-noise, noise], fixed per (seed, hyp)
+    # lr0 above this peaks at its third epoch and then halves each epoch (like YOLO's lrf 1
+    # with momentum 0.98): the best epoch looks good, the last one does not
+    collapse_above_lr0: float | None = None
 
 
 class CurveAdapter(Adapter):
@@ -110,6 +113,8 @@ class CurveAdapter(Adapter):
             if s.fail_above_lr0 is not None and hyp["lr0"] > s.fail_above_lr0:
                 raise DivergedError(f"non-finite loss at epoch {epoch}", result)
             acc = q * (1 - math.exp(-(epoch + 1)))
+            if s.collapse_above_lr0 is not None and hyp["lr0"] > s.collapse_above_lr0:
+                acc *= 0.5 ** max(0, epoch - 2)
             metrics = {"val/acc": acc, "val/loss": 1 - acc}
             result.add_epoch(metrics)
             # cost falls with freeze: a frozen prefix runs forward only

@@ -174,6 +174,18 @@ ROWS = [
         "--confirm-epochs: needs --confirm K (or search.confirm.top_k in the space)",
     ),
     (
+        "confirmation scoring without a confirmation",
+        space_text(),
+        ["--confirm-reduce", "last"],
+        "--confirm-reduce: needs --confirm K (or search.confirm.top_k in the space)",
+    ),
+    (
+        "unknown confirmation scoring",
+        space_text(**{"search.confirm": {"top_k": 1, "reduce": "mean"}}),
+        [],
+        "s.yaml: search.confirm.reduce: unknown value 'mean'; choose from best, last",
+    ),
+    (
         "Ray flag without the ray backend",
         space_text(),
         ["--ray-address", "auto"],

@@ -176,8 +176,8 @@ def test_each_benchmark_runs_end_to_end_quick(name, workdir, capsys):
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1].strip()  # something printed last...
     assert "ratios:" in out  # ...the ratios, after the progress
-    if name == "full_length":  # the pick of `tuner confirm --epochs` is trained and read too
-        assert "confirmed-full pick (trial" in out
+    if name == "full_length":  # the picks of `tuner confirm --epochs` are trained and read too
+        assert "confirmed-full pick (trial" in out and "confirmed-last pick (trial" in out
     assert (common.RESULTS.read_text() if common.RESULTS.exists() else None) == before
     assert (svg.read_bytes() if svg.exists() else None) == svg_before
 

@@ -46,8 +46,11 @@ def test_search_writes_best_hyp_and_resolved_config(space, workdir, capsys):
         "data": None,
         "seed": 0,
         "noise": 0.0,
+        "collapse_above_lr0": None,
     }
-    assert resolved["search"]["confirm"] == {"top_k": 0, "n_seeds": 2, "epochs": None}
+    assert resolved["search"]["confirm"] == {
+        "top_k": 0, "n_seeds": 2, "epochs": None, "reduce": None
+    }
     assert "gain +" in out  # printed with the gain over the baseline
     # a re-run of the finished study only reports
     assert main(["search", "--space", str(space)]) == 0

@@ -375,3 +375,105 @@ def test_two_machines_confirm_once(workdir):
     n_ran = [len(re.findall(r"^confirm \d+/\d+: ", err, flags=re.M)) for err in errs]
     assert sorted(n_ran) == [0, record.n_runs], errs
     assert any(f"{record.n_runs} done earlier" in err for err in errs)
+
+
+COLLAPSE = 0.01  # lr0 above this peaks at its third epoch, then halves each epoch
+# the top trials collapse (lr0 above COLLAPSE), the baseline does not
+COLLAPSE_SPACE = SPACE.replace(
+    "noise: 0.3}", f"noise: 0.02, collapse_above_lr0: {COLLAPSE}}}"
+).replace("base: {lr0: 0.001, momentum: 0.7}", "base: {lr0: 0.005, momentum: 0.9}").replace(
+    "low: 1.0e-3, high: 1.0e-1", "low: 3.0e-3, high: 1.0e-1"
+)
+
+
+def expected_curve(hyp: dict, seed: int, epochs: int) -> list[float]:
+    """The collapsing curve adapter's val/acc at each epoch of a run."""
+    adapter = CurveAdapter({"epochs": epochs, "noise": 0.02, "seed": seed}, Path("."))
+    q = adapter.quality(hyp) + adapter.seed_noise(hyp)
+    factor = 0.5 if hyp["lr0"] > COLLAPSE else 1.0
+    return [q * (1 - 2.718281828459045 ** -(e + 1)) * factor ** max(0, e - 2)
+            for e in range(epochs)]
+
+
+def test_confirmation_scored_by_the_last_epoch_rescores_without_training(workdir, capsys):
+    (workdir / "c.yaml").write_text(COLLAPSE_SPACE)
+    assert main(["search", "--space", "c.yaml"]) == 0  # trials of 2 epochs see no collapse
+    assert main(["confirm", "--space", "c.yaml", "--epochs", "5"]) == 0
+    capsys.readouterr()
+    study = load()
+    hyps = {t.number: t.user_attrs["hyp"] for t in study.trials}
+
+    def check(record: cf.ConfirmRecord, reduce) -> int:
+        """The recorded values are the curves reduced so; returns the expected pick."""
+        means = {}
+        for number in record.confirmed:
+            curves = [expected_curve(hyps[number], seed, 5) for seed in (1, 2)]
+            values = [reduce(c) for c in curves]
+            assert [record.runs[number][s] for s in (1, 2)] == pytest.approx(values)
+            for seed, curve in zip((1, 2), curves):
+                assert record.curves[number][seed] == pytest.approx(curve)
+            means[number] = statistics.fmean(values)
+        assert cf.best_confirmed(record) == max(means, key=means.get)
+        return cf.best_confirmed(record)
+
+    by_best = cf.load_record(study)
+    assert by_best.reduce == "best"
+    picked = check(by_best, max)
+    assert hyps[picked]["lr0"] > COLLAPSE  # its early peak wins when runs keep their best epoch
+
+    # scored by the last epoch, the same runs are re-scored from their curves, not re-trained
+    assert main(["confirm", "--space", "c.yaml", "--epochs", "5", "--reduce", "last"]) == 0
+    err = capsys.readouterr().err
+    assert "confirm: 8 earlier runs re-scored by their last epoch" in err
+    assert "at 5 epochs, scored by the last epoch (8 runs, 8 done earlier)" in err
+    assert not re.search(r"^confirm \d+/\d+: ", err, flags=re.M)  # nothing trained
+    by_last = cf.load_record(load())
+    assert by_last.reduce == "last"
+    picked = check(by_last, lambda curve: curve[-1])
+    assert hyps[picked]["lr0"] <= COLLAPSE  # the collapsing configs are out
+    header = (workdir / "studies" / "c" / "best_hyp.yaml").read_text()
+    assert f"trial: {picked} (confirmed: the best mean val/acc over fresh trainer seeds 1, 2 " \
+           "at 5 epochs, scored by the last epoch" in header
+    assert main(["status", "--storage", URL]) == 0
+    assert "confirmed on trainer seeds 1, 2 at 5 epochs, scored by the last epoch (8/8 runs)" \
+        in capsys.readouterr().out
+    # and back, again without training
+    assert main(["confirm", "--space", "c.yaml", "--epochs", "5", "--reduce", "best"]) == 0
+    assert "8 earlier runs re-scored by their best epoch" in capsys.readouterr().err
+    assert cf.load_record(load()) == by_best
+
+    # a record of an older tuner has no curves: its runs are trained again
+    attr = dict(load().user_attrs["confirm"])
+    del attr["curves"]
+    load().set_user_attr("confirm", attr)
+    assert main(["confirm", "--space", "c.yaml", "--epochs", "5", "--reduce", "last"]) == 0
+    err = capsys.readouterr().err
+    assert "0 earlier runs re-scored by their last epoch; 8 without a recorded curve train " \
+           "again" in err
+    assert "(8 runs)" in err and len(re.findall(r"^confirm \d+/8: ", err, flags=re.M)) == 8
+    assert cf.load_record(load()) == by_last
+
+
+def test_confirm_reduce_from_the_space_and_the_search_flags(workdir, capsys):
+    space = COLLAPSE_SPACE.replace(
+        "pruner: {name: none}}", "pruner: {name: none}, confirm: {top_k: 2, reduce: last}}"
+    )
+    (workdir / "c.yaml").write_text(space)
+    assert main(["search", "--space", "c.yaml", "--confirm-epochs", "4"]) == 0
+    assert "at 4 epochs, scored by the last epoch (6 runs)" in capsys.readouterr().err
+    record = cf.load_record(load())
+    assert record.reduce == "last" and record.epochs == 4 and record.complete
+    config = yaml.safe_load((workdir / "studies" / "c" / "config.yaml").read_text())
+    assert config["search"]["confirm"]["reduce"] == "last"
+    # a flag beats the space
+    assert main(["confirm", "--space", "c.yaml", "--epochs", "4", "--reduce", "best"]) == 0
+    assert cf.load_record(load()).reduce == "best"
+
+    (workdir / "bad.yaml").write_text(space.replace("reduce: last", "reduce: worst"))
+    assert main(["confirm", "--space", "bad.yaml"]) == 2
+    assert "bad.yaml: search.confirm.reduce: unknown value 'worst'; choose from best, last" in (
+        capsys.readouterr().err
+    )
+    (workdir / "plain.yaml").write_text(SPACE)
+    assert main(["search", "--space", "plain.yaml", "--confirm-reduce", "last"]) == 2
+    assert "--confirm-reduce: needs --confirm K" in capsys.readouterr().err

@@ -421,6 +421,13 @@ def test_confirmation_view_pairs_search_values_with_fresh_runs():
     assert "#2 (1 failed)" in fig.data[0].x and "#0 (baseline)" in fig.data[2].x
     assert 'data-figure="confirm"' in render_html(report)
     assert view.exported  # complete, and it covers the study's best trial
+    # runs scored by their last epoch: the note and the figure's title say so
+    last = ConfirmRecord(**{**record.__dict__, "reduce": "last"})
+    study.set_user_attr("confirm", last.to_attr())
+    anchor, title, fig, note = figures(build_report(study))[0]
+    assert note.startswith("trainer seeds 1, 2 at 30 epochs, scored by the last epoch, 6/6 runs")
+    assert fig.layout.title.text.endswith("at 30 epochs, scored by the last epoch")
+    study.set_user_attr("confirm", record.to_attr())
     # unfinished: said so, and the export does not take it yet
     partial = ConfirmRecord(**{**record.__dict__, "runs": {1: {1: 0.70}, 2: {}, 0: {}},
                                "reasons": {}})

@@ -92,6 +92,7 @@ def _space_overrides(args: argparse.Namespace) -> list[str | tuple[str, Any]]:
         ("search.confirm.top_k", getattr(args, "top_k", None)),
         ("search.confirm.n_seeds", getattr(args, "n_seeds", None)),
         ("search.confirm.epochs", getattr(args, "confirm_epochs", None)),
+        ("search.confirm.reduce", getattr(args, "confirm_reduce", None)),
     ]
     return [(key, value) for key, value in flags if value is not None] + list(args.set or [])
 
@@ -232,10 +233,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     st.quiet_optuna()
     config = _load(args)
-    if args.confirm_epochs is not None and not config.search.confirm.top_k:
-        # it would be silently ignored: no confirmation follows this search
-        raise InputError("--confirm-epochs", None,
-                         "needs --confirm K (or search.confirm.top_k in the space)")
+    if not config.search.confirm.top_k:
+        # a confirmation flag would be silently ignored: no confirmation follows this search
+        for flag, value in (("--confirm-epochs", args.confirm_epochs),
+                            ("--confirm-reduce", args.confirm_reduce)):
+            if value is not None:
+                raise InputError(flag, None,
+                                 "needs --confirm K (or search.confirm.top_k in the space)")
     options = _search_options(args)
     worker = args.worker_index
     storage_url = args.storage or st.default_storage(config.study)
@@ -346,7 +350,7 @@ def _confirm(
             record = run_confirm(
                 study, config, adapter, out_dir, top_k, config.search.confirm.n_seeds,
                 say=lambda message: print(message, file=err, flush=True),
-                epochs=config.search.confirm.epochs,
+                epochs=config.search.confirm.epochs, reduce=config.search.confirm.reduce,
             )
     except KeyboardInterrupt:
         print("\ninterrupted: finished confirmation runs are kept; `tuner confirm` resumes",
@@ -636,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands)."""
     from trainer.formats import FORMATS
     from tuner.backends import BACKENDS
+    from tuner.space import REDUCTIONS
 
     parser = argparse.ArgumentParser(
         prog="tuner",
@@ -708,6 +713,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train each confirmation run N epochs, e.g. the full training length (default: "
         "the space's search.confirm.epochs, else a trial's trainer.epochs)",
     )
+    p.add_argument(
+        "--confirm-reduce", dest="confirm_reduce", choices=REDUCTIONS,
+        help="score each confirmation run by its best or its last epoch (default: the space's "
+        "search.confirm.reduce, else objective.reduce)",
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
@@ -734,6 +744,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", dest="confirm_epochs", type=int, metavar="N",
         help="train each run N epochs, e.g. the full training length (default: the space's "
         "search.confirm.epochs, else a trial's trainer.epochs)",
+    )
+    p.add_argument(
+        "--reduce", dest="confirm_reduce", choices=REDUCTIONS,
+        help="score each run by its best or its last epoch, e.g. last for the weights a "
+        "full-length run ships (default: the space's search.confirm.reduce, else "
+        "objective.reduce); recorded runs are re-scored, not trained again",
     )
     p.add_argument("--out", help="best hyp file (default: studies/<study>/best_hyp.yaml)")
     p.set_defaults(func=cmd_confirm)

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainer.base import Adapter, NullReporter
 from tuner.errors import InputError
-from tuner.objective import checked_metric, failure_reason, trial_values
+from tuner.objective import checked_metric, failure_reason, reduce_values, target_value
 from tuner.space import EPOCHS_SETTING, StudyConfig, TrainerConfig, confirm_problem
 from tuner.study import gain as study_gain
 
@@ -54,6 +54,10 @@ class ConfirmRecord:
         search_values: Trial -> its value in the search (for comparison only).
         epochs: The length of each run in epochs (None: the adapter has no epochs setting,
             or the record predates this field and its runs were a trial's length).
+        reduce: How a run's epochs became its value, ``best`` or ``last`` (None: the record
+            predates this field and scored runs as the search's ``objective.reduce``).
+        curves: Trial -> seed -> the metric at each epoch of a successful run, so that a
+            confirmation scored another way re-scores its runs instead of training them again.
     """
 
     metric: str
@@ -65,6 +69,14 @@ class ConfirmRecord:
     search_values: Mapping[int, float] = field(default_factory=dict)
     baseline: int | None = None
     epochs: int | None = None
+    reduce: str | None = None
+    curves: Mapping[int, Mapping[int, tuple[float, ...]]] = field(default_factory=dict)
+
+    @property
+    def scoring(self) -> str:
+        """How the runs were measured, for a sentence: `` at 18 epochs, last epoch``."""
+        length = f" at {self.epochs} epochs" if self.epochs is not None else ""
+        return length + (", scored by the last epoch" if self.reduce == "last" else "")
 
     @property
     def confirmed(self) -> tuple[int, ...]:
@@ -124,6 +136,10 @@ class ConfirmRecord:
             },
             "search_values": {str(t): v for t, v in self.search_values.items()},
             "epochs": self.epochs,
+            "reduce": self.reduce,
+            "curves": {
+                str(t): {str(s): list(c) for s, c in r.items()} for t, r in self.curves.items()
+            },
         }
 
     @classmethod
@@ -144,6 +160,11 @@ class ConfirmRecord:
             search_values={int(t): float(v) for t, v in (raw.get("search_values") or {}).items()},
             baseline=raw.get("baseline"),
             epochs=None if raw.get("epochs") is None else int(raw["epochs"]),
+            reduce=None if raw.get("reduce") is None else str(raw["reduce"]),
+            curves={
+                t: {s: tuple(float(v) for v in c) for s, c in r.items()}
+                for t, r in table("curves").items()
+            },
         )
 
 
@@ -255,11 +276,13 @@ def run_confirm(
     say: Callable[[str], None],
     make_adapter: Callable[[StudyConfig], Adapter] | None = None,
     epochs: int | None = None,
+    reduce: str | None = None,
 ) -> ConfirmRecord:
     """Re-train the top trials and the baseline on ``n_seeds`` fresh seeds; record each run.
 
     Runs recorded by an earlier (interrupted) confirmation with the same seeds, metric and
-    length are kept.
+    length are kept; scored another way (``reduce``), they are re-scored from their curves
+    rather than trained again.
 
     Args:
         study: A single-objective study with complete trials.
@@ -271,8 +294,9 @@ def run_confirm(
         say: Progress output.
         make_adapter: Builds a prepared adapter for a config (default: build and prepare).
         epochs: Train each run this long (None: a trial's length, ``trainer.epochs`` of
-            ``config``). Runs are scored as the search scores a trial (the objective's
-            ``reduce``).
+            ``config``).
+        reduce: Score each run by its ``best`` or ``last`` epoch (None: as the search scores
+            a trial, the objective's ``reduce``).
 
     Raises:
         InputError: A multi-objective study, an adapter without a seed, or no complete trial.
@@ -289,6 +313,7 @@ def run_confirm(
     extra = base is not None and base.number not in numbers
     trials = [*chosen, *([base] if extra else [])]
     target = config.objective.primary
+    how = reduce or config.objective.reduce
     old = load_record(study)
     # the length the runs train, resolved (a `--set trainer.epochs=50` is 50 as much as
     # `--epochs 50`), so that runs of another length, another measurement, are never mixed in
@@ -301,16 +326,13 @@ def run_confirm(
         why = "another metric" if old.metric != target.metric else (
             f"{old.epochs} epochs" if old.epochs is not None else "a trial's length")
         say(f"confirm: the {old.n_done} runs of the earlier confirmation ({why}) are replaced")
-    runs: dict[int, dict[int, float | None]] = {
-        t.number: {s: v for s, v in (old.runs.get(t.number, {}) if keep else {}).items()
-                   if s in seeds}
-        for t in trials
-    }
-    reasons: dict[int, dict[int, str]] = {
-        t.number: {s: m for s, m in (old.reasons.get(t.number, {}) if keep else {}).items()
-                   if s in seeds}
-        for t in trials
-    }
+    runs: dict[int, dict[int, float | None]] = {t.number: {} for t in trials}
+    reasons: dict[int, dict[int, str]] = {t.number: {} for t in trials}
+    curves: dict[int, dict[int, tuple[float, ...]]] = {t.number: {} for t in trials}
+    if keep:
+        assert old is not None
+        _carry_over(old, how if (old.reduce or config.objective.reduce) != how else None,
+                    seeds, runs, reasons, curves, say)
     baseline = base.number if base is not None else None
 
     def record() -> ConfirmRecord:
@@ -324,6 +346,8 @@ def run_confirm(
             search_values={t.number: float(t.value) for t in trials},
             baseline=baseline,
             epochs=length,
+            reduce=how,
+            curves=curves,
         )
 
     build = make_adapter or _prepared
@@ -336,6 +360,7 @@ def run_confirm(
         + (f" and the baseline (trial {base.number})" if extra else "")
         + f" on fresh trainer seeds {', '.join(map(str, seeds))}"
         + (f" at {length} epochs" if length is not None else "")
+        + (", scored by the last epoch" if how == "last" else "")
         + f" ({n_total} runs"
         + (f", {done} done earlier" if done else "")
         + ")"
@@ -352,8 +377,11 @@ def run_confirm(
         started = time.perf_counter()
         try:
             result = adapters[seed].run(trial_hyp(study, trial), _Finite(target.metric), run_dir)
-            value: float | None = trial_values(config, result)[0]  # as the search scores it
+            value: float | None = target_value(result, target, how)
             reasons[trial.number].pop(seed, None)
+            curve = tuple(float(h[target.metric]) for h in result.history if target.metric in h)
+            if curve:
+                curves[trial.number][seed] = curve
             shown = f"{target.metric} {value:.4g}"
         except KeyboardInterrupt:
             raise
@@ -371,6 +399,46 @@ def run_confirm(
     final = record()
     study.set_user_attr(ATTR, final.to_attr())
     return final
+
+
+def _carry_over(
+    old: ConfirmRecord,
+    rescore: str | None,
+    seeds: tuple[int, ...],
+    runs: dict[int, dict[int, float | None]],
+    reasons: dict[int, dict[int, str]],
+    curves: dict[int, dict[int, tuple[float, ...]]],
+    say: Callable[[str], None],
+) -> None:
+    """Keep the earlier confirmation's runs of these trials and seeds (filled in place).
+
+    Args:
+        old: The earlier record (same metric and length).
+        rescore: ``best`` or ``last`` to re-score each kept run from its curve, None to keep
+            the values as they are. A failed run stays failed (scoring does not change why
+            training failed); a successful run without a curve (an older record) is dropped
+            and trains again.
+    """
+    n_rescored = n_dropped = 0
+    for number in runs:
+        for seed, value in old.runs.get(number, {}).items():
+            if seed not in seeds:
+                continue
+            curve = old.curves.get(number, {}).get(seed)
+            if value is not None and rescore is not None:
+                if not curve:
+                    n_dropped += 1
+                    continue
+                value = reduce_values(curve, old.direction, rescore)
+                n_rescored += 1
+            runs[number][seed] = value
+            if seed in old.reasons.get(number, {}):
+                reasons[number][seed] = old.reasons[number][seed]
+            if curve:
+                curves[number][seed] = curve
+    if rescore is not None and (n_rescored or n_dropped):
+        say(f"confirm: {n_rescored} earlier runs re-scored by their {rescore} epoch"
+            + (f"; {n_dropped} without a recorded curve train again" if n_dropped else ""))
 
 
 def _prepared(config: StudyConfig) -> Adapter:
@@ -397,8 +465,7 @@ def summary_lines(record: ConfirmRecord) -> list[str]:
     """A table: each confirmed trial's search value, fresh-seed mean ± std and runs."""
     best = best_confirmed(record)
     lines = [
-        f"confirmed on trainer seeds {', '.join(map(str, record.seeds))} "
-        + (f"at {record.epochs} epochs " if record.epochs is not None else "")
+        f"confirmed on trainer seeds {', '.join(map(str, record.seeds))}{record.scoring} "
         + f"({record.n_done}/{record.n_runs} runs"
         + f"{'' if record.complete else ', unfinished'}):",
         f"  {'trial':>5}  {'search':>8}  {'fresh mean':>10}  {'std':>7}  runs",

@@ -168,8 +168,7 @@ def _confirmed(study: optuna.Study) -> Pick:
         )
     text = (
         f"confirmed: the best mean {record.metric} over fresh trainer seeds "
-        f"{', '.join(map(str, record.seeds))}"
-        + (f" at {record.epochs} epochs" if record.epochs is not None else "")
+        f"{', '.join(map(str, record.seeds))}{record.scoring}"
         + f" among the top {len(record.trials)} trials"
         + (" and the baseline" if record.baseline is not None else "")
     )
@@ -305,8 +304,7 @@ def _confirm_lines(record: ConfirmRecord | None, number: int) -> list[str]:
         )
 
     seeds = ", ".join(map(str, record.seeds))
-    length = f" at {record.epochs} epochs" if record.epochs is not None else ""
-    lines = [f"fresh trainer seeds {seeds}{length}: {record.metric} mean {spread(number)}"]
+    lines = [f"fresh trainer seeds {seeds}{record.scoring}: {record.metric} mean {spread(number)}"]
     base = record.baseline
     if base is not None and base != number:
         lines.append(f"baseline (trial {base}) on the same seeds: mean {spread(base)}")

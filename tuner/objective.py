@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import optuna
 from trainer.base import Adapter, DivergedError, Pruned, TrialError, TrialResult
 from trainer.yaml_io import dump_yaml
 from tuner.samplers import DIVERGED_ATTR
-from tuner.space import ParamSpec, StudyConfig
+from tuner.space import ParamSpec, StudyConfig, Target
 
 EpochHook = Callable[[int, int, Mapping[str, float]], None]
 
@@ -111,6 +111,11 @@ def reduce_metric(history: list[dict[str, float]], metric: str, direction: str, 
     values = [float(h[metric]) for h in history if metric in h]
     if not values:
         raise TrialError(f"metric {metric!r} was never reported")
+    return reduce_values(values, direction, how)
+
+
+def reduce_values(values: Sequence[float], direction: str, how: str) -> float:
+    """The best of a metric's per-epoch ``values`` or the last one (``how``)."""
     if how == "last":
         return values[-1]
     return max(values) if direction == "maximize" else min(values)
@@ -122,17 +127,19 @@ def trial_values(config: StudyConfig, result: TrialResult) -> list[float]:
     Raises:
         TrialError: A target metric was never reported.
     """
-    objective = config.objective
-    values = []
-    for target in objective.targets:
-        cost = cost_value(result, target.metric)
-        if cost is None:
-            values.append(
-                reduce_metric(result.history, target.metric, target.direction, objective.reduce)
-            )
-        else:
-            values.append(float(cost))
-    return values
+    return [target_value(result, t, config.objective.reduce) for t in config.objective.targets]
+
+
+def target_value(result: TrialResult, target: Target, how: str) -> float:
+    """One target's value: a cost metric as measured, else the epochs reduced by ``how``.
+
+    Raises:
+        TrialError: The metric was never reported.
+    """
+    cost = cost_value(result, target.metric)
+    if cost is not None:
+        return float(cost)
+    return reduce_metric(result.history, target.metric, target.direction, how)
 
 
 class Objective:

@@ -113,11 +113,15 @@ class ConfirmConfig:
 
     ``epochs`` is the length of a confirmation run (None: a trial's ``trainer.epochs``): the
     full training length checks the pick where it will be used, not where it was searched.
+    ``reduce`` scores each run by its best or its last epoch (None: as the search scores a
+    trial, ``objective.reduce``): ``last`` judges the weights a pipeline ships at the end of a
+    full-length run, which a config that peaks early and then collapses fails.
     """
 
     top_k: int = 0
     n_seeds: int = 2
     epochs: int | None = None
+    reduce: str | None = None
 
 
 @dataclass(frozen=True)
@@ -397,7 +401,10 @@ def _parse_confirm(ctx: _Ctx, raw: Any) -> ConfirmConfig:
         epochs = ctx.number(epochs, "search.confirm.epochs", integer=True)
         if epochs < 1:
             raise ctx.error("search.confirm.epochs", f"must be >= 1, got {epochs}")
-    return ConfirmConfig(top_k=top_k, n_seeds=n_seeds, epochs=epochs)
+    reduce = raw.get("reduce", defaults.reduce)
+    if reduce is not None:
+        reduce = ctx.string(reduce, "search.confirm.reduce", REDUCTIONS)
+    return ConfirmConfig(top_k=top_k, n_seeds=n_seeds, epochs=epochs, reduce=reduce)
 
 
 # the trainer setting a confirmation run's length replaces (every built-in adapter has it)

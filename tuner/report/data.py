@@ -944,6 +944,7 @@ class ConfirmView:
         direction: Its direction.
         seeds: The fresh trainer seeds.
         epochs: The length of each run (None: a trial's length).
+        scoring: How the runs were measured, for a sentence (:attr:`ConfirmRecord.scoring`).
         rows: The top trials, then the baseline when it is not among them.
         n_done: Runs that finished (successfully or not).
         n_runs: Runs the confirmation asked for.
@@ -964,6 +965,7 @@ class ConfirmView:
     gain: float | None
     exported: bool = False
     best_number: int | None = None
+    scoring: str = ""
 
     @property
     def picked(self) -> ConfirmRow | None:
@@ -999,7 +1001,8 @@ def build_confirm(study: Any) -> ConfirmView | None:
                        record.n_done, record.n_runs,
                        record.gain(picked) if picked is not None else None,
                        exported=default_pick(study).kind == "confirmed",
-                       best_number=best.number if best is not None else None)
+                       best_number=best.number if best is not None else None,
+                       scoring=record.scoring)
 
 
 # -- the whole report ------------------------------------------------------------------------

@@ -329,9 +329,8 @@ def confirm_figure(view: ConfirmView) -> go.Figure:
         marker={"symbol": "diamond", "size": 11, "color": ORANGE},
         hovertemplate="%{x}<br>search %{y:.4g}<extra></extra>",
     ))
-    length = f" at {view.epochs} epochs" if view.epochs is not None else ""
     return _layout(fig, f"{view.metric} on fresh trainer seeds"
-                   f" {', '.join(map(str, view.seeds))}{length}", 420,
+                   f" {', '.join(map(str, view.seeds))}{view.scoring}", 420,
                    xaxis={"title": "confirmed trial", "type": "category"},
                    yaxis={"title": f"{view.metric} ({view.direction})"})
 
@@ -339,8 +338,7 @@ def confirm_figure(view: ConfirmView) -> go.Figure:
 def confirm_note(view: ConfirmView) -> str:
     """One line: seeds, length, progress, the pick, its gain over the baseline, and whether
     the default export takes it."""
-    length = f" at {view.epochs} epochs" if view.epochs is not None else ""
-    text = (f"trainer seeds {', '.join(map(str, view.seeds))}{length}, "
+    text = (f"trainer seeds {', '.join(map(str, view.seeds))}{view.scoring}, "
             f"{view.n_done}/{view.n_runs} runs")
     if view.n_done < view.n_runs:
         text += " (unfinished: `tuner confirm` resumes; the export takes the best metric)"
