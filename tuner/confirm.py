@@ -74,7 +74,8 @@ class ConfirmRecord:
 
     @property
     def scoring(self) -> str:
-        """How the runs were measured, for a sentence: `` at 18 epochs, last epoch``."""
+        """How the runs were measured, for a sentence: `` at 18 epochs, scored by the last
+        epoch`` (empty for runs of no known length scored by their best epoch)."""
         length = f" at {self.epochs} epochs" if self.epochs is not None else ""
         return length + (", scored by the last epoch" if self.reduce == "last" else "")
 
@@ -359,8 +360,7 @@ def run_confirm(
         f"confirm: re-training the top {len(chosen)} trials"
         + (f" and the baseline (trial {base.number})" if extra else "")
         + f" on fresh trainer seeds {', '.join(map(str, seeds))}"
-        + (f" at {length} epochs" if length is not None else "")
-        + (", scored by the last epoch" if how == "last" else "")
+        + record().scoring
         + f" ({n_total} runs"
         + (f", {done} done earlier" if done else "")
         + ")"
