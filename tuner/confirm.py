@@ -29,7 +29,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainer.base import Adapter, NullReporter
 from tuner.errors import InputError
-from tuner.objective import checked_metric, failure_reason, reduce_values, target_value
+from tuner.objective import (
+    checked_metric,
+    failure_reason,
+    metric_curve,
+    reduce_values,
+    target_value,
+)
 from tuner.space import EPOCHS_SETTING, StudyConfig, TrainerConfig, confirm_problem
 from tuner.study import gain as study_gain
 
@@ -379,7 +385,7 @@ def run_confirm(
             result = adapters[seed].run(trial_hyp(study, trial), _Finite(target.metric), run_dir)
             value: float | None = target_value(result, target, how)
             reasons[trial.number].pop(seed, None)
-            curve = tuple(float(h[target.metric]) for h in result.history if target.metric in h)
+            curve = metric_curve(result.history, target.metric)
             if curve:
                 curves[trial.number][seed] = curve
             shown = f"{target.metric} {value:.4g}"

@@ -108,10 +108,15 @@ def diverged_attrs(exc: DivergedError) -> dict[str, Any]:
 
 def reduce_metric(history: list[dict[str, float]], metric: str, direction: str, how: str) -> float:
     """The trial's value for ``metric``: the best epoch or the last one."""
-    values = [float(h[metric]) for h in history if metric in h]
+    values = metric_curve(history, metric)
     if not values:
         raise TrialError(f"metric {metric!r} was never reported")
     return reduce_values(values, direction, how)
+
+
+def metric_curve(history: list[dict[str, float]], metric: str) -> tuple[float, ...]:
+    """``metric`` at each epoch that reported it."""
+    return tuple(float(h[metric]) for h in history if metric in h)
 
 
 def reduce_values(values: Sequence[float], direction: str, how: str) -> float:
