@@ -131,6 +131,11 @@ def test_overhead_from_trial_times():
     result = overhead_of(starts, ends, [1.95, 2.05])
     assert result.per_trial == pytest.approx(0.1)
     assert result.share == pytest.approx(0.05)
+    # the reporter runs inside adapter.run but is the tuner's: 0.2 s of it moves across
+    result = overhead_of(starts, ends, [1.95, 2.05], [0.1, 0.1])
+    assert result.in_trainer == pytest.approx(3.8) and result.in_reporter == pytest.approx(0.2)
+    assert result.per_trial == pytest.approx(0.2)
+    assert result.share == pytest.approx(0.2 / 1.9)
 
 
 def test_gain_statistics():

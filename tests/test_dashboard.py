@@ -24,7 +24,7 @@ from tuner.space import load_space
 
 optuna_dashboard = pytest.importorskip("optuna_dashboard", reason="extra dashboard not installed")
 
-TRIAL_FACTS = {"train_seconds", "wall_seconds", "peak_memory_mb", "epochs_run",
+TRIAL_FACTS = {"train_seconds", "wall_seconds", "report_seconds", "peak_memory_mb", "epochs_run",
                "n_params_trainable", "n_params_frozen", "hyp_path", "hyp", "history"}
 
 

@@ -398,3 +398,71 @@ def test_a_worker_waits_for_the_last_running_trial_and_replaces_it_when_it_fails
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert waited and waited[0] == 1  # told it waits for 1 running trial
+
+
+def test_a_trials_user_attrs_are_one_transaction_on_rdb_storages(tmp_path):
+    from sqlalchemy import event
+
+    storage = st.open_storage(f"sqlite:///{tmp_path / 'a.db'}")
+    study = optuna.create_study(storage=storage, study_name="a")
+    trial = study.ask()
+    commits = []
+    event.listen(storage.engine, "commit", lambda conn: commits.append(conn))
+    attrs = {"a": 1, "b": [1, 2.5], "c": {"x": "y"}}
+    st.set_user_attrs(trial, attrs)
+    assert len(commits) == 1  # Optuna's set_user_attr commits once per key
+    assert trial.user_attrs == attrs  # the Trial's own copy, as its setter keeps it
+    assert optuna.load_study(study_name="a", storage=storage).trials[0].user_attrs == attrs
+    st.set_user_attrs(trial, {"a": 2})  # an upsert, as Optuna's
+    assert study.trials[0].user_attrs["a"] == 2
+    study.tell(trial, 0.5)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        st.set_user_attrs(trial, {"d": 1})  # all or nothing, as Optuna refuses one
+    assert "d" not in study.trials[0].user_attrs
+
+
+def test_user_attrs_fall_back_to_one_write_each_on_a_conflict_or_a_journal(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+
+    storage = st.open_storage(f"sqlite:///{tmp_path / 'a.db'}")
+    study = optuna.create_study(storage=storage, study_name="a")
+    trial = study.ask()
+    write = storage._set_trial_attr_without_commit
+    calls = []
+
+    def conflict_once(session, *args):
+        # another writer inserted the same key first: the batch rolls back, one by one wins
+        calls.append(args)
+        if len(calls) == 2:
+            raise sqlalchemy.exc.IntegrityError("insert", {}, Exception("unique"))
+        write(session, *args)
+
+    monkeypatch.setattr(storage, "_set_trial_attr_without_commit", conflict_once)
+    st.set_user_attrs(trial, {"a": 1, "b": 2})
+    assert study.trials[0].user_attrs == {"a": 1, "b": 2}
+    journal = optuna.create_study(storage=st.open_storage(f"journal:{tmp_path / 'j.log'}"))
+    trial = journal.ask()
+    st.set_user_attrs(trial, {"a": 1, "b": 2})
+    assert journal.trials[0].user_attrs == {"a": 1, "b": 2} == trial.user_attrs
+
+
+def test_the_reporters_time_is_recorded_apart_from_the_trainers(tmp_path):
+    # the reporter runs inside the trainer's loop, but what it does (storing the value, the
+    # pruning decision, the progress hook) is the tuner's cost: the overhead benchmark needs it
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    config = load_space(path, ["search.n_trials=3"])
+    adapter = config.make_adapter(tmp_path / "cache")
+    study = st.create_or_load(
+        config, st.open_storage(f"sqlite:///{tmp_path / 'db.sqlite3'}"),
+        config.to_dict(adapter), "test",
+    )
+    objective = Objective(
+        config, adapter, config.base_hyp(adapter), tmp_path / "out",
+        on_epoch=lambda number, epoch, metrics: time.sleep(0.01),
+    )
+    st.run(study, objective, config, [])
+    for trial in study.trials:
+        n_reports = len(trial.intermediate_values)
+        assert n_reports and trial.user_attrs["report_seconds"] >= 0.01 * n_reports
+        assert trial.user_attrs["wall_seconds"] >= trial.user_attrs["report_seconds"]

@@ -23,6 +23,7 @@ NOTE_TITLE = "## tuner study"
 TRIAL_ATTRS = (
     ("train_seconds", "training + validation time"),
     ("wall_seconds", "time including set-up"),
+    ("report_seconds", "part of wall_seconds in the tuner (storage, pruning decisions)"),
     ("peak_memory_mb", "peak GPU memory (peak RSS on CPU)"),
     ("epochs_run", "epochs trained (fewer when pruned)"),
     ("n_params_trainable / n_params_frozen", "parameters trained / frozen at the start"),

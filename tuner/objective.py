@@ -25,6 +25,7 @@ from trainer.base import Adapter, DivergedError, Pruned, TrialError, TrialResult
 from trainer.yaml_io import dump_yaml
 from tuner.samplers import DIVERGED_ATTR
 from tuner.space import ParamSpec, StudyConfig, Target
+from tuner.study import set_user_attrs
 
 EpochHook = Callable[[int, int, Mapping[str, float]], None]
 
@@ -67,6 +68,10 @@ class OptunaReporter:
 
     ``prune`` is False for multi-objective studies, which Optuna can neither prune nor store
     intermediate values for.
+
+    Attributes:
+        seconds: Wall time spent in :meth:`report` so far: the tuner's work (storing the value,
+            the pruning decision, the progress hook) that runs inside the trainer's loop.
     """
 
     def __init__(
@@ -76,8 +81,16 @@ class OptunaReporter:
         self.metric = metric
         self.prune = prune
         self.on_epoch = on_epoch
+        self.seconds = 0.0
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        started = time.perf_counter()
+        try:
+            self._report(epoch, metrics)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _report(self, epoch: int, metrics: Mapping[str, float]) -> None:
         value = checked_metric(self.metric, epoch, metrics)
         if self.prune:
             # Optuna keeps intermediate values for single-objective studies only; multi-objective
@@ -196,8 +209,8 @@ class Objective:
         trial_dir.mkdir(parents=True, exist_ok=True)
         hyp_path = trial_dir / "hyp.yaml"
         hyp_path.write_text(dump_yaml(hyp))
-        trial.set_user_attr("hyp", hyp)
-        trial.set_user_attr("hyp_path", str(hyp_path))
+        # stored before training, so a trial that crashes still says what it ran
+        set_user_attrs(trial, {"hyp": hyp, "hyp_path": str(hyp_path)})
         objective = self.config.objective
         reporter = OptunaReporter(
             trial, objective.primary.metric, prune=not objective.is_multi, on_epoch=self.on_epoch
@@ -208,33 +221,44 @@ class Objective:
             # the trainer's time ends here; the collection below is the tuner's cost
             seconds = time.perf_counter() - started
         except Pruned as exc:
-            self._record(trial, exc.result, time.perf_counter() - started)
+            self._record(trial, exc.result, time.perf_counter() - started, reporter)
             raise optuna.TrialPruned(str(exc)) from None
         except DivergedError as exc:
-            self._record(trial, exc.result, time.perf_counter() - started)
             attrs = diverged_attrs(exc)
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
+            self._record(trial, exc.result, time.perf_counter() - started, reporter, attrs)
             raise optuna.TrialPruned(attrs["fail_reason"]) from None
         except TrialError as exc:
-            self._record(trial, exc.result, time.perf_counter() - started)
+            self._record(trial, exc.result, time.perf_counter() - started, reporter)
             raise
         finally:
             # Free what a large trial left behind before the next one allocates.
             gc.collect()
             _empty_cuda_cache()
-        self._record(trial, result, seconds)
+        self._record(trial, result, seconds, reporter)
         values = trial_values(self.config, result)
         return values if objective.is_multi else values[0]
 
-    def _record(self, trial: optuna.Trial, result: TrialResult | None, seconds: float) -> None:
-        """Store the trial's measurements; ``seconds`` is the wall time of ``adapter.run``."""
-        trial.set_user_attr("wall_seconds", round(seconds, 4))
-        if result is None:
-            return
-        for key, value in result.attrs().items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("history", result.history)
+    def _record(
+        self,
+        trial: optuna.Trial,
+        result: TrialResult | None,
+        seconds: float,
+        reporter: OptunaReporter,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store the trial's measurements in one write.
+
+        ``wall_seconds`` is the wall time of ``adapter.run``; ``report_seconds`` the part of it
+        spent in the tuner's reporter (so the trainer's own time is the difference).
+        """
+        attrs: dict[str, Any] = {
+            "wall_seconds": round(seconds, 4),
+            "report_seconds": round(reporter.seconds, 4),
+        }
+        if result is not None:
+            attrs.update(result.attrs())
+            attrs["history"] = result.history
+        set_user_attrs(trial, {**attrs, **(extra or {})})
 
 
 def _empty_cuda_cache() -> None:

@@ -67,6 +67,31 @@ def test_checkpoint_round_trip(make_adapter, tmp_path):
     assert torch.equal(other.net.conv1.weight, saved["model"]["conv1.weight"])
 
 
+def test_build_copies_one_starting_model_equal_to_a_fresh_build(make_adapter, tmp_path):
+    trained = make_adapter(epochs=1)
+    path = trained.train_and_save(trained.default_hyp(), NullReporter(), tmp_path / "run")
+    adapter = make_adapter(weights=str(path))
+    first = adapter.build(7)
+    # the path build() took before it kept a template: seed, build, load (head from the seed)
+    torch.manual_seed(adapter.settings.seed)
+    fresh = build_model("resnet18", 7)
+    weights.load_weights(fresh, weights.read_state_dict(path), drop_head=False)
+    for key, value in fresh.net.state_dict().items():
+        assert torch.equal(first.net.state_dict()[key], value), key
+    assert first.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # a trial's training changes its own copy only
+    with torch.no_grad():
+        first.net.fc.weight.add_(1.0)
+        first.net.conv1.weight.zero_()
+    second = adapter.build(7)
+    assert torch.equal(second.net.fc.weight, fresh.net.fc.weight)
+    assert torch.equal(second.net.conv1.weight, fresh.net.conv1.weight)
+    assert second.blocks[0] is not first.blocks[0]
+    # the blocks are the copy's own modules, so freezing block 0 freezes the copy's conv1
+    assert any(p is second.net.conv1.weight for p in second.blocks[0].parameters())
+    assert adapter.build(3).net.fc.out_features == 3  # another class count builds anew
+
+
 def test_checkpoint_of_another_model_is_a_config_error(make_adapter, tmp_path):
     path = tmp_path / "mobilenet.pt"
     torch.save(build_model("mobilenet_v3_small", 4).net.state_dict(), path)
