@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -50,11 +49,9 @@ class Progress:
         self.stream.flush()
 
     def __call__(self, study: Any, trial: Any) -> None:
-        from optuna.trial import TrialState
+        from tuner.study import best_trial, counts
 
-        # one read of the trials for the counts and the best (each read queries the storage)
-        trials = study.get_trials(deepcopy=False)
-        by_state = Counter(t.state.name for t in trials)
+        by_state = counts(study)
         n_done = by_state.get("COMPLETE", 0) + by_state.get("PRUNED", 0)
         state = trial.state.name
         epochs = trial.user_attrs.get("epochs_run")
@@ -65,12 +62,7 @@ class Progress:
             detail += f"  reason: {trial.user_attrs.get('fail_reason', 'unknown')}"
         if trial.user_attrs.get("baseline"):
             detail += "  (baseline)"
-        best = None
-        if len(study.directions) == 1:
-            complete = [t for t in trials if t.state == TrialState.COMPLETE]
-            pick = max if self.maximize else min
-            # the first of equals
-            best = pick(complete, key=lambda t: t.value, default=None)
+        best = best_trial(study) if len(study.directions) == 1 else None
         best_txt = f"best {best.value:.4f} (#{best.number})" if best is not None else "best -"
         line = (
             f"trial {n_done}/{self.n_total}  #{trial.number} {state:<8} {detail.strip()}"

@@ -44,6 +44,18 @@ ATTR = "confirm"
 DEFAULT_TOP_K = 3
 
 
+def scoring_text(epochs: int | None, reduce: str | None) -> str:
+    """How confirmation runs were measured, for a sentence: `` at 18 epochs, scored by the last
+    epoch`` (empty for runs of a trial's length scored by their best epoch).
+
+    Args:
+        epochs: The runs' length (None: a trial's).
+        reduce: ``last`` when the last epoch scores them; None or ``best`` otherwise.
+    """
+    length = f" at {epochs} epochs" if epochs is not None else ""
+    return length + (", scored by the last epoch" if reduce == "last" else "")
+
+
 @dataclass(frozen=True)
 class ConfirmRecord:
     """The fresh-seed runs of a study, as stored in its ``confirm`` user attr.
@@ -80,10 +92,8 @@ class ConfirmRecord:
 
     @property
     def scoring(self) -> str:
-        """How the runs were measured, for a sentence: `` at 18 epochs, scored by the last
-        epoch`` (empty for runs of no known length scored by their best epoch)."""
-        length = f" at {self.epochs} epochs" if self.epochs is not None else ""
-        return length + (", scored by the last epoch" if self.reduce == "last" else "")
+        """How the runs were measured, for a sentence (:func:`scoring_text`)."""
+        return scoring_text(self.epochs, self.reduce)
 
     @property
     def confirmed(self) -> tuple[int, ...]:
@@ -366,7 +376,7 @@ def run_confirm(
         f"confirm: re-training the top {len(chosen)} trials"
         + (f" and the baseline (trial {base.number})" if extra else "")
         + f" on fresh trainer seeds {', '.join(map(str, seeds))}"
-        + record().scoring
+        + scoring_text(length, how)
         + f" ({n_total} runs"
         + (f", {done} done earlier" if done else "")
         + ")"

@@ -63,15 +63,31 @@ def checked_metric(metric: str, epoch: int, metrics: Mapping[str, float]) -> flo
     return value
 
 
-class OptunaReporter:
+class TimedReporter:
+    """A reporter that keeps the wall time of its own :meth:`report` calls in ``seconds``.
+
+    They run inside the trainer's loop but are the tuner's work (storage, pruning decisions,
+    progress), recorded as a trial's ``report_seconds``. Subclasses implement ``_report``.
+    """
+
+    seconds: float = 0.0
+
+    def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        started = time.perf_counter()
+        try:
+            self._report(epoch, metrics)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        raise NotImplementedError
+
+
+class OptunaReporter(TimedReporter):
     """Reports the objective metric per epoch to Optuna and raises :class:`Pruned` on demand.
 
     ``prune`` is False for multi-objective studies, which Optuna can neither prune nor store
     intermediate values for.
-
-    Attributes:
-        seconds: Wall time spent in :meth:`report` so far: the tuner's work (storing the value,
-            the pruning decision, the progress hook) that runs inside the trainer's loop.
     """
 
     def __init__(
@@ -81,14 +97,6 @@ class OptunaReporter:
         self.metric = metric
         self.prune = prune
         self.on_epoch = on_epoch
-        self.seconds = 0.0
-
-    def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        started = time.perf_counter()
-        try:
-            self._report(epoch, metrics)
-        finally:
-            self.seconds += time.perf_counter() - started
 
     def _report(self, epoch: int, metrics: Mapping[str, float]) -> None:
         value = checked_metric(self.metric, epoch, metrics)

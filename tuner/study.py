@@ -580,14 +580,17 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """
     storage = _storage_of(trial.study)
     write = getattr(storage, "_set_trial_attr_without_commit", None)
+    try:
+        # Optuna internals, checked: another Optuna version falls back to its public setter
+        import sqlalchemy.exc
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+    except ImportError:
+        write = None
     if not isinstance(storage, optuna.storages.RDBStorage) or write is None or not attrs:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    import sqlalchemy.exc
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
     try:
         # Optuna's own session scope: commit at the end, its errors as Optuna raises them
         with _create_scoped_session(storage.scoped_session) as session:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from trainer.base import ConfigError, NullReporter
+from trainer.torchvision import adapter as adapter_module
 from trainer.torchvision import weights
 from trainer.torchvision.blocks import build_model
 
@@ -67,7 +68,9 @@ def test_checkpoint_round_trip(make_adapter, tmp_path):
     assert torch.equal(other.net.conv1.weight, saved["model"]["conv1.weight"])
 
 
-def test_build_copies_one_starting_model_equal_to_a_fresh_build(make_adapter, tmp_path):
+def test_build_copies_one_starting_model_equal_to_a_fresh_build(
+    make_adapter, tmp_path, monkeypatch
+):
     trained = make_adapter(epochs=1)
     path = trained.train_and_save(trained.default_hyp(), NullReporter(), tmp_path / "run")
     adapter = make_adapter(weights=str(path))
@@ -90,6 +93,20 @@ def test_build_copies_one_starting_model_equal_to_a_fresh_build(make_adapter, tm
     # the blocks are the copy's own modules, so freezing block 0 freezes the copy's conv1
     assert any(p is second.net.conv1.weight for p in second.blocks[0].parameters())
     assert adapter.build(3).net.fc.out_features == 3  # another class count builds anew
+    # a Ray worker makes an adapter per trial: the same settings copy the same kept model
+    built = []
+
+    def counted(*args, **kwargs):
+        built.append(args)
+        return build_model(*args, **kwargs)
+
+    monkeypatch.setattr(adapter_module, "build_model", counted)
+    again = make_adapter(weights=str(path)).build(7)
+    assert built == [] and torch.equal(again.net.fc.weight, fresh.net.fc.weight)
+    # a rewritten weights file is read again, and the model built from it anew
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 5))
+    make_adapter(weights=str(path)).build(7)
+    assert len(built) == 1
 
 
 def test_checkpoint_of_another_model_is_a_config_error(make_adapter, tmp_path):

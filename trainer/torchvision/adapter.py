@@ -27,6 +27,13 @@ from trainer.torchvision.settings import DEFAULT_HYP, Settings, parse_settings
 log = logging.getLogger(__name__)
 
 
+# Starting models on the CPU, copied by every build(), per process (a Ray worker makes an
+# adapter per trial): (model, n_classes, seed, drop_head) -> (the state loaded, the model).
+# A few: a confirmation alternates trainer seeds, each with its own seeded head.
+N_TEMPLATES = 4
+_templates: dict[tuple[str, int, int, bool], tuple[dict | None, BlockModel]] = {}
+
+
 class TorchvisionAdapter(Adapter):
     """Fine-tunes resnet / mobilenet_v3 / efficientnet on an ImageFolder or synthetic data.
 
@@ -49,8 +56,6 @@ class TorchvisionAdapter(Adapter):
     def __init__(self, settings: Mapping[str, Any] | None, cache_dir: Path) -> None:
         super().__init__(settings or {}, cache_dir)
         self.settings: Settings = parse_settings(settings)
-        # (n_classes, the starting model on the CPU): see build()
-        self._template: tuple[int, BlockModel] | None = None
 
     @classmethod
     def default_hyp(cls) -> dict[str, Any]:
@@ -151,19 +156,26 @@ class TorchvisionAdapter(Adapter):
         copy: building a torchvision model initialises every layer (about 0.1 s for resnet18 on
         two CPU cores, against 11 ms for the copy: 4% of a 2-epoch demo trial) only for the
         starting weights to overwrite all but the head. The copy equals a fresh seeded build,
-        head included; it costs one more model's worth of host memory.
+        head included; the kept models cost host memory (:data:`N_TEMPLATES` at most).
         """
-        if self._template is None or self._template[0] != n_classes:
-            torch.manual_seed(self.settings.seed)
-            model = build_model(self.settings.model, n_classes)
-            state, drop_head = self._initial_state()
+        s = self.settings
+        state, drop_head = self._initial_state()
+        key = (s.model, n_classes, s.seed, drop_head)
+        kept = _templates.get(key)
+        # the same state object: the same weights file, unchanged (weights keeps one per file)
+        if kept is None or kept[0] is not state:
+            torch.manual_seed(s.seed)
+            model = build_model(s.model, n_classes)
             if state is not None:
                 try:
                     weights.load_weights(model, state, drop_head)
                 except ValueError as exc:
                     raise ConfigError("weights", str(exc)) from exc
-            self._template = (n_classes, model)
-        return copy.deepcopy(self._template[1]).to(self.device())
+            _templates.pop(key, None)
+            while len(_templates) >= N_TEMPLATES:
+                _templates.pop(next(iter(_templates)))  # the oldest
+            kept = _templates[key] = (state, model)
+        return copy.deepcopy(kept[1]).to(self.device())
 
     def device(self) -> torch.device:
         """The resolved device (``auto``: CUDA when available)."""

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # 3: the loop's steps hold at most `batch` images (4638fa2); a checkpoint pretrained before
 # that holds other weights, and a stale cache would silently give other results than a fresh
 # machine (the demo's baseline 0.703 instead of 0.713)
-PRETRAIN_FORMAT = 3  # bump when the pretraining recipe changes (cache key)
+PRETRAIN_FORMAT = 3
 # The source task's own validation images, for the accuracy recorded with the checkpoint.
 N_SOURCE_VAL = 500
 

@@ -30,6 +30,7 @@ from typing import Any
 from tuner import study as st
 from tuner.backends import SearchJob
 from tuner.errors import InputError, StudyError
+from tuner.objective import TimedReporter, checked_metric
 
 # Read by Ray at import or start-up: no usage reporting (CI has no network anyway), results
 # without the metric (a failed trial's summary) are fine, and no TensorBoard/CSV loggers.
@@ -61,7 +62,7 @@ SECONDS_KEY = "tuner_run_seconds"
 # -- the trial, in a Ray worker --------------------------------------------------------------
 
 
-class RayReporter:
+class RayReporter(TimedReporter):
     """The trainer's reporter inside a Ray trial: one ``ray.tune.report`` per epoch.
 
     Pruning is Ray's scheduler's business: it stops the trial from the driver, so ``report``
@@ -72,9 +73,7 @@ class RayReporter:
         self.metric = metric
         self.started = time.perf_counter()  # reset right before adapter.run
 
-    def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        from tuner.objective import checked_metric
-
+    def _report(self, epoch: int, metrics: Mapping[str, float]) -> None:
         value = checked_metric(self.metric, epoch, metrics)
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         # the objective metric by name for the scheduler; all metrics as one JSON string,
@@ -108,6 +107,7 @@ def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
     (trial_dir / "hyp.yaml").write_text(dump_yaml(hyp))
     summary: dict[str, Any]
     result = None
+    reporter = None
     started = time.perf_counter()
     try:
         # actors are reused (reuse_actors=True), so the adapter's per-process caches (decoded
@@ -131,6 +131,8 @@ def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
         "wall_seconds": round(time.perf_counter() - started, 4),
         "worker_pid": os.getpid(),
     }
+    if reporter is not None:
+        attrs["report_seconds"] = round(reporter.seconds, 4)
     if result is not None:
         attrs.update(result.attrs())
         attrs["history"] = result.history
@@ -242,8 +244,7 @@ class StudySearch(OptunaSearch):
         self.beats.add(ot_trial._trial_id)
         hyp = {**self.job.base_hyp, **params}
         trial_dir = self.job.out_dir.resolve() / "trials" / f"{ot_trial.number:04d}"
-        ot_trial.set_user_attr("hyp", hyp)
-        ot_trial.set_user_attr("hyp_path", str(trial_dir / "hyp.yaml"))
+        st.set_user_attrs(ot_trial, {"hyp": hyp, "hyp_path": str(trial_dir / "hyp.yaml")})
         self.history[trial_id] = []
         return {**params, TRIAL_KEY: ot_trial.number}
 
@@ -299,8 +300,7 @@ class StudySearch(OptunaSearch):
             )
             # no summary, so no parameter counts or peak memory
             attrs = {**_history_attrs(history, result), "stopped_at_last_epoch": True}
-            for key, item in attrs.items():
-                ot_trial.set_user_attr(key, item)
+            st.set_user_attrs(ot_trial, attrs)
             return "COMPLETE", value
         if summary is None:
             # no summary: stopped by the scheduler (pruned), or the worker died
@@ -317,8 +317,7 @@ class StudySearch(OptunaSearch):
             state = summary["state"]
             if state == "FAIL":
                 attrs["fail_reason"] = summary["reason"]
-        for key, value in attrs.items():
-            ot_trial.set_user_attr(key, value)
+        st.set_user_attrs(ot_trial, attrs)
         if state != "COMPLETE":
             return state, None
         values = summary["values"]

@@ -944,7 +944,7 @@ class ConfirmView:
         direction: Its direction.
         seeds: The fresh trainer seeds.
         epochs: The length of each run (None: a trial's length).
-        scoring: How the runs were measured, for a sentence (:attr:`ConfirmRecord.scoring`).
+        reduce: ``last`` when the last epoch scored the runs (None: the best epoch).
         rows: The top trials, then the baseline when it is not among them.
         n_done: Runs that finished (successfully or not).
         n_runs: Runs the confirmation asked for.
@@ -965,7 +965,14 @@ class ConfirmView:
     gain: float | None
     exported: bool = False
     best_number: int | None = None
-    scoring: str = ""
+    reduce: str | None = None
+
+    @property
+    def scoring(self) -> str:
+        """How the runs were measured, for a sentence (:func:`tuner.confirm.scoring_text`)."""
+        from tuner.confirm import scoring_text
+
+        return scoring_text(self.epochs, self.reduce)
 
     @property
     def picked(self) -> ConfirmRow | None:
@@ -1002,7 +1009,7 @@ def build_confirm(study: Any) -> ConfirmView | None:
                        record.gain(picked) if picked is not None else None,
                        exported=default_pick(study).kind == "confirmed",
                        best_number=best.number if best is not None else None,
-                       scoring=record.scoring)
+                       reduce=record.reduce)
 
 
 # -- the whole report ------------------------------------------------------------------------
