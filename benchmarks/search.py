@@ -253,7 +253,7 @@ def run_optuna(
     _fresh_features()
 
     from tuner import study as st
-    from tuner.objective import Objective
+    from tuner.objective import Objective, frozen_heap
 
     adapter = prepared_adapter(load_task(task))
     epochs = adapter.settings_dict()["epochs"]
@@ -292,7 +292,8 @@ def run_optuna(
         if run.spent_epochs >= budget:
             study.stop()
 
-    study.optimize(objective, callbacks=[account], catch=(Exception,))
+    with frozen_heap():  # as `tuner search` runs its trials
+        study.optimize(objective, callbacks=[account], catch=(Exception,))
     return run
 
 

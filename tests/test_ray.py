@@ -31,7 +31,8 @@ space:
 """
 URL = "sqlite:///studies/r.db"
 TrialState = optuna.trial.TrialState
-ATTRS = {"hyp", "hyp_path", "epochs_run", "train_seconds", "history", "wall_seconds"}
+ATTRS = {"hyp", "hyp_path", "epochs_run", "train_seconds", "history", "wall_seconds",
+         "report_seconds"}
 
 
 @pytest.fixture(scope="module")

@@ -325,6 +325,17 @@ def test_a_search_leaves_the_garbage_collector_as_it_found_it(tmp_path, monkeypa
     assert gc.get_freeze_count() == 0
 
 
+def test_frozen_heap_gives_the_collector_back_after_an_error():
+    import gc
+
+    from tuner.objective import frozen_heap
+
+    with pytest.raises(RuntimeError), frozen_heap():
+        assert gc.get_freeze_count() > 1000  # what lived before: out of the per-trial scans
+        raise RuntimeError("a trial loop that fails")
+    assert gc.get_freeze_count() == 0
+
+
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_a_trial_of_a_silent_worker_elsewhere_fails_and_is_retried_once(tmp_path, kind):
     """Another machine's worker cannot be looked up: its missed heartbeats fail its trial,

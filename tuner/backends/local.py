@@ -8,7 +8,6 @@ every worker reserves its trial under the study's lock (:func:`tuner.study.run`)
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import signal
@@ -19,7 +18,7 @@ from collections.abc import Mapping
 from tuner import study as st
 from tuner.backends import SearchJob
 from tuner.errors import StudyError
-from tuner.objective import Objective
+from tuner.objective import Objective, frozen_heap
 
 EXIT_INTERRUPTED = 130
 # After forwarding Ctrl-C, how long workers get to record their trial as failed and exit.
@@ -40,10 +39,6 @@ def run_here(job: SearchJob) -> None:
     started = time.perf_counter()
     job.adapter.prepare()
     job.say(f"ready in {time.perf_counter() - started:.1f}s")
-    # Everything alive now (modules, decoded data, weights) lives as long as the process: move
-    # it out of the collector's sight, so the collection after each trial only scans what
-    # that trial created (a full collection of a torch process costs ~100 ms per trial).
-    gc.freeze()
     objective = Objective(job.config, job.adapter, job.base_hyp, job.out_dir, job.on_epoch)
 
     def waiting(n_running: int) -> None:
@@ -52,10 +47,8 @@ def run_here(job: SearchJob) -> None:
             "run in other workers (a failed one would be run again here)"
         )
 
-    try:
+    with frozen_heap():
         st.run(job.study, objective, job.config, job.on_trial, lock=job.lock, on_wait=waiting)
-    finally:
-        gc.unfreeze()  # a caller that goes on in this process (tests, notebooks) gets it back
 
 
 def _adapter_targets(job: SearchJob) -> dict[str, str]:
