@@ -572,11 +572,11 @@ def _storage_of(study: optuna.Study) -> Any:
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """Set several user attrs of a running trial, in one transaction on RDB storages.
 
-    Optuna commits each ``set_user_attr`` on its own (a trial's dozen facts were a dozen
-    SQLite transactions, most of the tuner's storage time per trial); an RDB storage takes them
-    in one. Either all of them are stored or, on an error, none: a concurrent insert of the same
-    key (an IntegrityError, which another worker writing this trial would cause) falls back to
-    Optuna's one-by-one writes. Other storages write one by one.
+    Optuna commits each ``set_user_attr`` on its own (a demo trial's eleven facts were eleven
+    SQLite transactions); an RDB storage takes them in one. Either all of them are stored or,
+    on an error, none: a concurrent insert of the same key (an IntegrityError, which another
+    worker writing this trial would cause) falls back to Optuna's one-by-one writes. Other
+    storages write one by one.
     """
     storage = _storage_of(trial.study)
     write = getattr(storage, "_set_trial_attr_without_commit", None)
