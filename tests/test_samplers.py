@@ -130,3 +130,46 @@ def test_the_default_sampler_is_the_gp_for_one_objective_and_tpe_for_several(tmp
     assert load_space(space).search.sampler.name == "tpe"
     # the CLI's --set wins over the default either way
     assert load_space(space, ["search.sampler=gp"]).search.sampler.name == "gp"
+
+
+def _gp_draws(monkeypatch, fast: bool, n: int = 3) -> tuple[list[dict], list[dict]]:
+    """What a GP samples after 8 trials of a 2-key space, and the system attrs it leaves."""
+    import tuner.samplers as samplers
+
+    monkeypatch.setattr(samplers, "_HAS_IMPL", fast and samplers._HAS_IMPL)
+    study = _study()
+    study.sampler = PrunedGPSampler(seed=0, n_startup_trials=5)
+    space = {"x": X, "y": FloatDistribution(0.0, 1.0)}
+    for i in range(8):
+        study.add_trial(create_trial(
+            value=-((i - 3.0) ** 2) / 10, params={"x": i - 4.0, "y": i / 8}, distributions=space,
+        ))
+    draws, attrs = [], []
+    for _ in range(n):
+        trial = study.ask(space)
+        draws.append(trial.params)
+        attrs.append(study._storage.get_trial(trial._trial_id).system_attrs)
+        study.tell(trial, -abs(trial.params["x"] - 3.0))
+    return draws, attrs
+
+
+def test_the_gp_samples_as_optunas_without_its_cpu_device_mode(monkeypatch) -> None:
+    # the fast path leaves out Optuna's `with torch.device("cpu")` only; every draw, and what
+    # it shares with other workers' GPs (the running trial's params), stays the same
+    import tuner.samplers as samplers
+
+    assert samplers._HAS_IMPL, "Optuna's GPSampler internals moved: the fast path is off"
+    fast = _gp_draws(monkeypatch, fast=True)
+    assert fast == _gp_draws(monkeypatch, fast=False)
+    assert all(any(k.startswith("gp:relative_params") for k in a) for a in fast[1])
+
+
+def test_the_gp_keeps_optunas_cpu_mode_under_another_default_device(monkeypatch) -> None:
+    import torch
+
+    reference = _gp_draws(monkeypatch, fast=True, n=1)[0]
+    torch.set_default_device("meta")  # tensors without storage: the GP fails unless on CPU
+    try:
+        assert _gp_draws(monkeypatch, fast=True, n=1)[0] == reference
+    finally:
+        torch.set_default_device(None)

@@ -10,13 +10,16 @@ estimate (a stopped trial would only have gone up from there), so the GP learns 
 bad" regions without ever rating a stopped trial above what it showed. A diverged trial counts
 as the worst value the study has seen: its last finite epoch may have looked good.
 
-``benchmarks/RESULTS.md`` (search efficiency, fullspace, ``-tuner-gp`` sections) measures the
-effect against TPE and against this sampler with ``use_pruned: false`` (Optuna's GP).
+Its effect against TPE on the same seeds and rivals was measured in the ``-tuner-gp`` sections
+of the search benchmark (kept in the history: ``git show 14330c6:benchmarks/RESULTS.md``); the
+current ``benchmarks/RESULTS.md`` measures it as tuner's default against the rivals.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 import math
 from collections.abc import Container
 from typing import Any
@@ -24,6 +27,21 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
+
+try:
+    # Optuna internals for sample_relative without its CPU-device mode (checked: another Optuna
+    # version falls back to Optuna's own sample_relative)
+    from optuna.samplers._gp.sampler import (
+        _RELATIVE_PARAMS_KEY,
+        _SYSTEM_ATTR_MAX_LENGTH,
+        _get_params,
+    )
+
+    _HAS_IMPL = list(
+        inspect.signature(optuna.samplers.GPSampler._sample_relative_impl).parameters
+    ) == ["self", "study", "completed_trials", "running_trials", "search_space"]
+except (ImportError, AttributeError):
+    _HAS_IMPL = False
 
 # the user attr of a trial stopped by a non-finite loss or metric (tuner.objective.diverged_attrs
 # writes it, from here, so writer and reader cannot drift apart)
@@ -155,4 +173,32 @@ class PrunedGPSampler(optuna.samplers.GPSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return super().sample_relative(self._view(study), trial, search_space)
+        import torch  # the GP's own dependency, imported once a GP is sampled
+
+        view = self._view(study)
+        if not _HAS_IMPL or not search_space or torch.get_default_device().type != "cpu":
+            return super().sample_relative(view, trial, search_space)
+        # Optuna's sample_relative, less its `with torch.device("cpu")`: that mode routes every
+        # torch call of the fit and the acquisition search through a Python hook (17 ms of
+        # 95 at 50 trials of 8 keys) and changes nothing when the default device is the CPU
+        states = (TrialState.COMPLETE, TrialState.RUNNING)
+        trials = view._get_trials(deepcopy=False, states=states, use_cache=False)
+        completed = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [
+            t
+            for t in trials
+            if t.state == TrialState.RUNNING and search_space.keys() <= _get_params(t).keys()
+        ]
+        if len(completed) < self._n_startup_trials:
+            return {}
+        params = self._sample_relative_impl(view, completed, running, search_space)
+        if params:
+            # other workers' GPs read a running trial's params from here (as Optuna's does)
+            text = json.dumps(params)
+            for i in range(0, len(text), _SYSTEM_ATTR_MAX_LENGTH):
+                study._storage.set_trial_system_attr(
+                    trial._trial_id,
+                    f"{_RELATIVE_PARAMS_KEY}:{i // _SYSTEM_ATTR_MAX_LENGTH}",
+                    text[i : i + _SYSTEM_ATTR_MAX_LENGTH],
+                )
+        return params

@@ -130,9 +130,9 @@ class SearchConfig:
 
     n_trials: int = 20
     timeout: float | None = None
-    # the GP that learns from pruned trials: in the 19-key YOLO space it ends best on every
-    # seed set, and in 12 of 15 seeds its first quarter of the budget reaches what random and
-    # genetic search reach with all of it (TPE: 3 of 10; benchmarks/RESULTS.md)
+    # the GP that learns from pruned trials: in the 19-key YOLO space it ends best in 14 of 15
+    # seeds, and in 10 of 15 its first quarter of the budget reaches 99% of what random and
+    # genetic search reach with all of it (TPE, earlier checkpoint: 3 of 10; benchmarks/)
     sampler: ComponentConfig = ComponentConfig("gp")
     seed: int | None = None
     pruner: ComponentConfig = ComponentConfig("median")
