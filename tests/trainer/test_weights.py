@@ -153,3 +153,39 @@ def test_pretrain_file_name_depends_on_settings(make_adapter):
     paths = {weights.pretrain_file(x.settings, x.cache_dir) for x in (a, b, c)}
     assert len(paths) == 3
     assert all(p.name.startswith("pretrain-resnet18-") for p in paths)
+
+
+def test_code_fingerprint_ignores_comments_and_docstrings_not_code():
+    base = weights.code_fingerprint('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    same = weights.code_fingerprint("def f(x):  # a comment\n\n    return x + 1\n")
+    other = weights.code_fingerprint("def f(x):\n    return x + 2\n")
+    assert base == same
+    assert base != other
+
+
+def test_pretrain_file_name_depends_on_the_recipe_code_and_torch(make_adapter, monkeypatch):
+    settings = make_adapter(weights="pretrain", pretrain=TINY_PRETRAIN).settings
+    path = weights.pretrain_file(settings, "cache")
+    assert weights.recipe_fingerprint() == weights.recipe_fingerprint()  # read once, stable
+    monkeypatch.setattr(weights, "recipe_fingerprint", lambda: "edited loop")
+    edited = weights.pretrain_file(settings, "cache")
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    other_torch = weights.pretrain_file(settings, "cache")
+    assert len({path, edited, other_torch}) == 3
+
+
+def test_recipe_fingerprint_covers_every_module_that_pretraining_imports():
+    # A module of trainer/torchvision that the pretraining code comes to import must join the
+    # key; a fresh interpreter shows exactly what importing it loads.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trainer.torchvision.weights; "
+        "print(' '.join(n.rsplit('.', 1)[1] for n in sys.modules "
+        "if n.startswith('trainer.torchvision.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert {"loop", "weights", "synthetic"} <= loaded
+    assert loaded <= set(weights.RECIPE_MODULES)

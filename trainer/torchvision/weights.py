@@ -4,7 +4,9 @@
 
 * ``pretrain``: a backbone trained here on the synthetic SOURCE task, once, then cached under
   ``cache_dir`` as ``torchvision/pretrain-<model>-<imgsz>px-<hash>.pt`` (the hash covers the
-  model, the pretrain settings, the image size and the generator version);
+  model, the pretrain settings, the image size, the generator version, the code of the
+  pretraining recipe and the torch version: a cached checkpoint is read only where a fresh
+  machine would pretrain the same one);
 * ``none``: random initialisation;
 * a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``...) whose file already sits in
   ``torch.hub.get_dir()/checkpoints/``;
@@ -17,6 +19,8 @@ the target task.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import json
 import logging
@@ -37,11 +41,19 @@ from trainer.torchvision.settings import DEFAULT_HYP, SPECIAL_WEIGHTS, WEIGHTS_N
 
 log = logging.getLogger(__name__)
 
-# Bump when the checkpoint layout or the pretraining recipe changes: part of the cache key.
-# 3: the loop's steps hold at most `batch` images (4638fa2); a checkpoint pretrained before
-# that holds other weights, and a stale cache would silently give other results than a fresh
-# machine (the demo's baseline 0.703 instead of 0.713)
+# Bump when the checkpoint layout changes: part of the cache key. 3: the loop's steps hold at
+# most `batch` images (4638fa2); a checkpoint pretrained before that holds other weights, and a
+# stale cache silently gave other results than a fresh machine (the demo's baseline 0.703
+# instead of 0.713).
 PRETRAIN_FORMAT = 3
+# The modules whose code decides the pretrained weights: the loop and all it calls, the source
+# data, the model and the recipe in this file. Their code (not comments or docstrings) is part
+# of the cache key, so a change of the recipe never depends on someone bumping PRETRAIN_FORMAT,
+# which is how 4638fa2's went unnoticed.
+RECIPE_MODULES = (
+    "augment", "blocks", "data", "features", "freeze", "loop", "optim", "settings",
+    "synthetic", "weights",
+)
 # The source task's own validation images, for the accuracy recorded with the checkpoint.
 N_SOURCE_VAL = 500
 
@@ -172,11 +184,41 @@ def load_weights(model: BlockModel, state: dict[str, torch.Tensor], drop_head: b
     return dropped
 
 
+def code_fingerprint(source: str) -> str:
+    """A digest of Python ``source`` that ignores comments, docstrings and layout."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+@functools.cache
+def recipe_fingerprint() -> str:
+    """The digest of :data:`RECIPE_MODULES`' code; read once per process."""
+    package = Path(__file__).parent
+    digests = [
+        code_fingerprint((package / f"{name}.py").read_text(encoding="utf-8"))
+        for name in RECIPE_MODULES
+    ]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
 def pretrain_file(settings: Settings, cache_dir: Path) -> Path:
     """The cache path of the pretrained checkpoint for these settings."""
     key = {
         "format": PRETRAIN_FORMAT,
         "generator": synthetic.GENERATOR_VERSION,
+        "recipe": recipe_fingerprint(),
+        # Kernels change between releases: another torch pretrains other weights.
+        "torch": torch.__version__,
         "model": settings.model,
         "imgsz": settings.imgsz,
         "pretrain": asdict(settings.pretrain),
