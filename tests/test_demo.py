@@ -15,7 +15,7 @@ from tuner.confirm import best_confirmed, load_record
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # about 4 min alone on 2 cores; room for a busy machine
+@pytest.mark.timeout(1200)  # 4 to 13 min alone on the 2-core machines seen so far
 def test_demo_study_prunes_and_beats_the_baseline(tmp_path):
     shutil.copytree(ROOT / "spaces", tmp_path / "spaces")
     done = subprocess.run(
@@ -29,9 +29,12 @@ def test_demo_study_prunes_and_beats_the_baseline(tmp_path):
     n_pruned = states.count(optuna.trial.TrialState.PRUNED)
     n_finished = n_pruned + states.count(optuna.trial.TrialState.COMPLETE)
     assert n_finished == 20
-    # the median pruner really cuts trials short (6 of 20 as shipped; 8 before the batching
-    # change of 4638fa2 moved the demo's numbers)
-    assert n_pruned >= n_finished / 4, f"only {n_pruned} of {n_finished} trials pruned"
+    # the median pruner really cuts trials short: how many depends on the CPU's float kernels,
+    # which move every accuracy a little (6 of 20 on one 2-core machine, 3 on another; 8 before
+    # the batching change of 4638fa2)
+    assert n_pruned >= 2, f"only {n_pruned} of {n_finished} trials pruned"
+    n_epochs = sum(len(t.intermediate_values) for t in study.trials)
+    assert n_epochs < 20 * 6  # and that saves training, not just a label
     baseline = next(t for t in study.trials if t.user_attrs.get("baseline"))
     assert study.best_value > baseline.value
     # the export is the confirmed pick: the best mean over two fresh trainer seeds of the top 3
