@@ -5,8 +5,8 @@
 * ``pretrain``: a backbone trained here on the synthetic SOURCE task, once, then cached under
   ``cache_dir`` as ``torchvision/pretrain-<model>-<imgsz>px-<hash>.pt`` (the hash covers the
   model, the pretrain settings, the image size, the generator version, the code of the
-  pretraining recipe and the torch version: a cached checkpoint is read only where a fresh
-  machine would pretrain the same one);
+  pretraining recipe and the torch version, so no edit or upgrade reads a stale checkpoint;
+  not the CPU model, whose float kernels may pretrain slightly different weights);
 * ``none``: random initialisation;
 * a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``...) whose file already sits in
   ``torch.hub.get_dir()/checkpoints/``;
