@@ -166,7 +166,6 @@ def test_code_fingerprint_ignores_comments_and_docstrings_not_code():
 def test_pretrain_file_name_depends_on_the_recipe_code_and_torch(make_adapter, monkeypatch):
     settings = make_adapter(weights="pretrain", pretrain=TINY_PRETRAIN).settings
     path = weights.pretrain_file(settings, "cache")
-    assert weights.recipe_fingerprint() == weights.recipe_fingerprint()  # read once, stable
     monkeypatch.setattr(weights, "recipe_fingerprint", lambda: "edited loop")
     edited = weights.pretrain_file(settings, "cache")
     monkeypatch.setattr(torch, "__version__", "0.0.1")
