@@ -180,12 +180,16 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(name: str, title: str, body: str, results: Path = RESULTS) -> None:
+def write_section(
+    name: str, title: str, body: str, results: Path = RESULTS, stamp: str | None = None
+) -> None:
     """Replace (or append) the section ``name`` of RESULTS.md, stamped with command, machine
-    and date, leaving the other benchmarks' sections as they are. Quick runs write nothing."""
+    and date (``stamp``: other lines, e.g. those of the run a re-scored section's figures
+    come from), leaving the other benchmarks' sections as they are. Quick runs write
+    nothing."""
     if _extra:
         return
-    stamp = (
+    stamp = stamp or (
         f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
         f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
     )

@@ -123,9 +123,9 @@ def epoch_pieces(adapter: Any, hyp: Mapping[str, Any], freeze: int) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="demo")
-    # all-but-head epochs take about 0.15 s here and vary by +-12% from repeat to repeat on
-    # a 2-core machine: 3 repeats of 4 epochs put the median anywhere from 87% to 96% of the
-    # bound (2026-12-01), so the default takes more
+    # all-but-head epochs take 0.15-0.26 s on the 2-core machines seen and vary by +-12% from
+    # repeat to repeat: 3 repeats of 4 epochs put the median anywhere from 87% to 96% of the
+    # bound (an AMD EPYC, 2026-12-01), so the default takes more
     parser.add_argument("--epochs", type=int, default=6, help="epochs per measured run")
     parser.add_argument("--repeats", type=int, default=7)
     add_common_flags(parser)

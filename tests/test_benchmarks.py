@@ -254,9 +254,11 @@ def test_matching_ratio_reads_a_fixed_target():
 
 
 def test_reduced_budget_gives_tuner_a_quarter_and_the_rivals_all():
-    from benchmarks.search import reduced_budget_ratios, truncated
+    from benchmarks.search import HeadOn, reduced_budget_ratios, truncated
 
     assert truncated(run_of([0.1, 0.2, 0.3, 0.4]), 12).values == [0.1, 0.2]
+    # strictly within the share: the trial that would cross it is not tuner's
+    assert truncated(run_of([0.1, 0.2, 0.3, 0.4]), 17).values == [0.1, 0.2]
     # tuner finds 0.845 in its 2nd trial (12 ep) and 0.9 only after its quarter (24 ep): the
     # target is 0.99 x random's 0.85, which random reaches after 36 epochs = 3x tuner's 12
     tuner = run_of([0.5, 0.845, 0.845, 0.845, 0.9])
@@ -265,13 +267,79 @@ def test_reduced_budget_gives_tuner_a_quarter_and_the_rivals_all():
     ratios = reduced_budget_ratios(
         {"tuner": [tuner], "random": [random_run], "genetic": [genetic]}, 48, 4
     )
-    assert ratios == {"random": [3.0], "genetic": [4.0]}
+    assert ratios == {"random": [HeadOn(3.0)], "genetic": [HeadOn(4.0, bound=True)]}
+    assert [str(r) for r in (*ratios["random"], *ratios["genetic"])] == ["3.00", ">=4.00"]
     # the freeze grid raises the target (tuner misses it: 0) but gets no ratio of its own
     grid = run_of([0.95])
     ratios = reduced_budget_ratios(
         {"tuner": [tuner], "random": [random_run], "freeze-grid": [grid]}, 48, 4
     )
-    assert ratios == {"random": [0.0]}
+    assert ratios == {"random": [HeadOn(0.0)]}
+
+
+def test_head_on_verdict_reads_never_reached_rivals_as_lower_bounds():
+    from benchmarks.search import HeadOn, head_on_verdict
+
+    exact = [HeadOn(4.5), HeadOn(5.0), HeadOn(1.0)]
+    assert head_on_verdict(exact) == ("4.50x", "met")
+    assert head_on_verdict([HeadOn(1.5), HeadOn(3.0), HeadOn(9.0)]) == ("3.00x", "NOT met")
+    # rivals that never got there but stopped short of 4x tuner's epochs (a budget too small
+    # to tell): the truth lies somewhere above, so nothing is shown...
+    bounds = [HeadOn(3.91, True), HeadOn(3.83, True), HeadOn(0.0), HeadOn(6.43, True)]
+    ratio, verdict = head_on_verdict(bounds)
+    assert ratio == "at least 3.87x" and verdict.startswith("not shown")
+    # ...unless the exact seeds alone already miss it, or the bounds alone hold it
+    assert head_on_verdict([HeadOn(0.0), HeadOn(1.0), HeadOn(3.9, True)])[1] == "NOT met"
+    assert head_on_verdict([HeadOn(4.2, True), HeadOn(5.0, True), HeadOn(0.0)]) == (
+        "at least 4.20x", "met",
+    )
+
+
+def test_rescore_writes_the_section_from_the_runs_file_and_trains_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from benchmarks import search
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a rescore trains nothing")
+
+    for name in ("run_optuna", "run_genetic", "run_freeze_grid"):
+        monkeypatch.setattr(search, name, no_training)
+    written = {}
+    monkeypatch.setattr(
+        search, "write_section",
+        lambda name, title, body, stamp=None: written.update(name=name, body=body, stamp=stamp),
+    )
+    settings = {"budget_epochs": 24, "seeds": 1, "first_seed": 0, "trial_epochs": 6,
+                "quick": False}
+    measured = {"command": "python -m benchmarks.search --tasks demo --budget-epochs 24 "
+                "--seeds 1", "machine": "Some CPU, 2 cores", "date": "2026-12-03 09:23 UTC",
+                "minutes": 7.5}
+    # tuner's first trial (3 of its 6-epoch share of 24) finds 0.9; the rivals never do
+    runs = {"demo": {"tuner": [run_of([0.9, 0.5], epochs=3)],
+                     "random": [run_of([0.5, 0.6], epochs=12)],
+                     "genetic": [run_of([0.4, 0.4], epochs=12)],
+                     "freeze-grid": [run_of([0.3])]}}
+    path = tmp_path / "x.runs.json"
+    search.save_runs(path, runs, settings, measured)
+    before = path.read_text()
+    args = ["--tasks", "demo", "--seeds", "1", "--budget-epochs", "24",
+            "--svg", str(tmp_path / "x.svg")]
+    with pytest.raises(SystemExit, match="--rescore .*budget_epochs is 24 there, 12 here"):
+        search.main([*args[:4], "--budget-epochs", "12", "--rescore", str(path)])
+    assert search.main([*args, "--rescore", str(path)]) == 0
+    assert path.read_text() == before  # the runs file is the record: left as it is
+    assert written["name"] == "search-demo-24ep-1seeds"
+    # stamped with the training run's command, machine and date, which the figures are of
+    assert f"Command: `{measured['command']}`; re-scored" in written["stamp"]
+    assert "Machine: Some CPU, 2 cores" in written["stamp"]
+    assert "Date: 2026-12-03 09:23 UTC" in written["stamp"]
+    body = written["body"]
+    # 24 epochs spent without reaching tuner's target, which tuner reached after 3: >= 8x
+    assert "needed at least 8.00x tuner's epochs" in body and "per seed >=8.00;" in body
+    assert "wanted: met" in body
+    assert "Total benchmark time: 7.5 min (training; this section re-scored" in body
+    assert "ratios:" in capsys.readouterr().out
 
 
 def test_fullspace_task_searches_the_yolo_tuner_keys_on_fewshot_data():
