@@ -180,6 +180,11 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def utc_now() -> str:
+    """The time as RESULTS.md stamps it (minutes, UTC)."""
+    return f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
 def write_section(
     name: str, title: str, body: str, results: Path = RESULTS, stamp: str | None = None
 ) -> None:
@@ -191,7 +196,7 @@ def write_section(
         return
     stamp = stamp or (
         f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
-        f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+        f"Date: {utc_now()}"
     )
     section = f"<!-- {name} -->\n## {title}\n\n{stamp}\n\n{body.strip()}\n<!-- /{name} -->\n"
     text = results.read_text() if results.exists() else "# Benchmark results\n\n"

@@ -51,7 +51,6 @@ records; the section's hand-written reading, if any, has to be written again).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import math
@@ -74,6 +73,7 @@ from benchmarks.common import (
     set_quick,
     set_trial_epochs,
     table,
+    utc_now,
     write_section,
 )
 from benchmarks.genetic import Gene, GeneticSearch
@@ -721,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = {
             "command": command_line(),
             "machine": machine(),
-            "date": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+            "date": utc_now(),
             "minutes": round((time.perf_counter() - started) / 60, 1),
         }
         save_runs(runs_path, all_runs, settings, measured)
@@ -822,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         # the stamp of the training run, which the figures are of
         stamp = (
             f"Command: `{measured.get('command', '(not recorded)')}`; re-scored from its runs "
-            f"file by `{command_line()}` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC  \n"
+            f"file by `{command_line()}` on {utc_now()}  \n"
             f"Machine: {measured.get('machine', '(not recorded)')}  \n"
             f"Date: {measured.get('date', '(not recorded)')}"
         )
