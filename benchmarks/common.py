@@ -186,17 +186,34 @@ def utc_now() -> str:
 
 
 def write_section(
-    name: str, title: str, body: str, results: Path = RESULTS, stamp: str | None = None
+    name: str,
+    title: str,
+    body: str,
+    results: Path = RESULTS,
+    *,
+    command: str | None = None,
+    command_note: str = "",
+    machine_line: str | None = None,
+    date: str | None = None,
 ) -> None:
     """Replace (or append) the section ``name`` of RESULTS.md, stamped with command, machine
-    and date (``stamp``: other lines, e.g. those of the run a re-scored section's figures
-    come from), leaving the other benchmarks' sections as they are. Quick runs write
-    nothing."""
+    and date, leaving the other benchmarks' sections as they are. Quick runs write nothing.
+
+    Args:
+        name: The section's marker.
+        title: Its heading.
+        body: Its text, below the stamp.
+        results: The file.
+        command: The command the figures come from; this process's by default.
+        command_note: Text after the command, e.g. that the section was re-scored by another.
+        machine_line: The machine they were measured on; this one by default.
+        date: When; now by default.
+    """
     if _extra:
         return
-    stamp = stamp or (
-        f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
-        f"Date: {utc_now()}"
+    stamp = (
+        f"Command: `{command or command_line()}`{command_note}  \n"
+        f"Machine: {machine_line or machine()}  \nDate: {date or utc_now()}"
     )
     section = f"<!-- {name} -->\n## {title}\n\n{stamp}\n\n{body.strip()}\n<!-- /{name} -->\n"
     text = results.read_text() if results.exists() else "# Benchmark results\n\n"

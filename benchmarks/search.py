@@ -60,6 +60,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 from xml.sax.saxutils import escape
 
 from benchmarks.common import (
@@ -158,7 +159,15 @@ def save_runs(
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
-def load_runs(path: Path, settings: Mapping[str, object], flag: str = "--reuse") -> RunsByTask:
+class RunsFile(NamedTuple):
+    """What :func:`load_runs` read: the runs and how they were measured (``measured``: empty
+    for files written before it was kept)."""
+
+    runs: RunsByTask
+    measured: dict[str, object]
+
+
+def load_runs(path: Path, settings: Mapping[str, object], flag: str = "--reuse") -> RunsFile:
     """The runs :func:`save_runs` wrote, checked against this run's settings (``flag``: the
     option that named the file, for the error messages).
 
@@ -172,7 +181,8 @@ def load_runs(path: Path, settings: Mapping[str, object], flag: str = "--reuse")
             task: {m: [Run.from_dict(r) for r in seeds] for m, seeds in by_method.items()}
             for task, by_method in data["runs"].items()
         }
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        measured = data.get("measured", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SystemExit(f"{flag} {path}: not a runs file of benchmarks.search ({exc})") from None
     for key, value in settings.items():
         if saved.get(key) != value:
@@ -180,16 +190,7 @@ def load_runs(path: Path, settings: Mapping[str, object], flag: str = "--reuse")
                 f"{flag} {path}: {key} is {saved.get(key)!r} there, {value!r} here; "
                 "rerun with the same settings"
             )
-    return runs
-
-
-def load_measured(path: Path) -> dict[str, object]:
-    """The ``measured`` record of a runs file (empty for files written before it was kept)."""
-    try:
-        measured = json.loads(path.read_text()).get("measured", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return measured if isinstance(measured, dict) else {}
+    return RunsFile(runs, measured if isinstance(measured, dict) else {})
 
 
 def compute_to_target(curve: Sequence[tuple[float, float]], target: float) -> float:
@@ -680,9 +681,10 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
     }
     reused: RunsByTask = {}
+    measured: dict[str, object] = {}
     for flag, path in (("--reuse", args.reuse), ("--rescore", args.rescore)):
         if path:
-            reused = load_runs(Path(path), settings, flag)
+            reused, measured = load_runs(Path(path), settings, flag)
             missing = [t for t in tasks if t not in reused]
             if missing:
                 raise SystemExit(f"{flag} {path}: has no runs of task {', '.join(missing)}")
@@ -715,7 +717,6 @@ def main(argv: list[str] | None = None) -> int:
         all_runs[task] = runs
     if args.rescore:
         runs_path = Path(args.rescore)
-        measured = load_measured(runs_path)
     else:
         runs_path = Path(args.svg).with_suffix(".runs.json")
         measured = {
@@ -817,16 +818,17 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     title = "1. Search efficiency" + ("" if section == "search" else f" ({section})")
-    stamp = None
     if args.rescore:
-        # the stamp of the training run, which the figures are of
-        stamp = (
-            f"Command: `{measured.get('command', '(not recorded)')}`; re-scored from its runs "
-            f"file by `{command_line()}` on {utc_now()}  \n"
-            f"Machine: {measured.get('machine', '(not recorded)')}  \n"
-            f"Date: {measured.get('date', '(not recorded)')}"
+        # stamped as the training run, which the figures are of, naming the re-score too
+        write_section(
+            section, title, body,
+            command=str(measured.get("command", "(not recorded)")),
+            command_note=f"; re-scored from its runs file by `{command_line()}` on {utc_now()}",
+            machine_line=str(measured.get("machine", "(not recorded)")),
+            date=str(measured.get("date", "(not recorded)")),
         )
-    write_section(section, title, body, stamp=stamp)
+    else:
+        write_section(section, title, body)
     for section in sections:
         print(section)
     print(f"every trial: {runs_path}")

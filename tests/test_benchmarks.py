@@ -3,6 +3,7 @@ the SVG plot, the cost-model bound, overhead arithmetic and the RESULTS.md secti
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import xml.etree.ElementTree as ET
@@ -194,9 +195,12 @@ def test_runs_file_round_trips_and_is_only_reused_with_the_same_settings(tmp_pat
     runs = {"demo": {"tuner": [run_of([0.5, None])], "random": [run_of([0.4], seconds=2.5)]}}
     path = tmp_path / "x.runs.json"
     save_runs(path, runs, settings)
-    back = load_runs(path, settings)
+    back, measured = load_runs(path, settings)
     assert back["demo"]["tuner"][0].values == [0.5, None]
     assert back["demo"]["random"][0].seconds == [2.5]
+    assert measured == {}  # a file without the record (written before it was kept)
+    save_runs(path, runs, settings, {"machine": "Some CPU"})
+    assert load_runs(path, settings).measured == {"machine": "Some CPU"}
     with pytest.raises(SystemExit, match="budget_epochs is 12 there, 24 here"):
         load_runs(path, {**settings, "budget_epochs": 24})
     path.write_text("{not json")
@@ -305,10 +309,9 @@ def test_rescore_writes_the_section_from_the_runs_file_and_trains_nothing(
 
     for name in ("run_optuna", "run_genetic", "run_freeze_grid"):
         monkeypatch.setattr(search, name, no_training)
-    written = {}
+    results = tmp_path / "RESULTS.md"
     monkeypatch.setattr(
-        search, "write_section",
-        lambda name, title, body, stamp=None: written.update(name=name, body=body, stamp=stamp),
+        search, "write_section", functools.partial(common.write_section, results=results)
     )
     settings = {"budget_epochs": 24, "seeds": 1, "first_seed": 0, "trial_epochs": 6,
                 "quick": False}
@@ -329,12 +332,13 @@ def test_rescore_writes_the_section_from_the_runs_file_and_trains_nothing(
         search.main([*args[:4], "--budget-epochs", "12", "--rescore", str(path)])
     assert search.main([*args, "--rescore", str(path)]) == 0
     assert path.read_text() == before  # the runs file is the record: left as it is
-    assert written["name"] == "search-demo-24ep-1seeds"
+    text = results.read_text()
+    assert "<!-- search-demo-24ep-1seeds -->" in text
     # stamped with the training run's command, machine and date, which the figures are of
-    assert f"Command: `{measured['command']}`; re-scored" in written["stamp"]
-    assert "Machine: Some CPU, 2 cores" in written["stamp"]
-    assert "Date: 2026-12-03 09:23 UTC" in written["stamp"]
-    body = written["body"]
+    stamp = text.split("\n\n")[2].splitlines()
+    assert stamp[0].startswith(f"Command: `{measured['command']}`; re-scored from its runs file")
+    assert stamp[1:] == ["Machine: Some CPU, 2 cores  ", "Date: 2026-12-03 09:23 UTC"]
+    body = text
     # 24 epochs spent without reaching tuner's target, which tuner reached after 3: >= 8x
     assert "needed at least 8.00x tuner's epochs" in body and "per seed >=8.00;" in body
     assert "wanted: met" in body
