@@ -23,6 +23,17 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def repository_studies_untouched():
+    """Tests keep their studies in temporary folders: a study, its outputs or a cache that
+    appears in the repository's ``studies/`` during the run is a test without ``workdir``."""
+    studies = ROOT / "studies"
+    before = set(os.listdir(studies)) if studies.is_dir() else set()
+    yield
+    added = (set(os.listdir(studies)) if studies.is_dir() else set()) - before
+    assert not added, f"tests wrote into {studies}: {sorted(added)} (use the workdir fixture)"
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Run in a temporary folder, so ``studies/`` and its caches are private to the test."""

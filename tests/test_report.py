@@ -550,8 +550,10 @@ def chromium_dom(html: Path, profile: Path) -> tuple[str, str]:
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install "
                     "chromium); CI installs it")
 @pytest.mark.parametrize("kind", ["single", "multi"])
-def test_chromium_draws_every_figure_without_errors(kind, study, tmp_path):
+def test_chromium_draws_every_figure_without_errors(kind, study, workdir):
     from tuner.report.render import figures, render_html
+
+    tmp_path = workdir  # the confirmation's runs go to studies/ there, not the repository's
 
     if kind == "multi":
         text = SPACE.replace("objective: {metric: val/acc, direction: maximize}",
