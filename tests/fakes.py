@@ -38,6 +38,7 @@ class CurveAdapter(Adapter):
     metrics = ("val/acc", "val/loss")
     default_metric = "val/acc"
     seed_setting = "seed"
+    runtime_settings = frozenset({"sleep"})  # how long an epoch takes, not what it measures
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         super().__init__(settings, cache_dir)

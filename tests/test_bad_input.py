@@ -42,6 +42,25 @@ ROWS = [
     ("malformed YAML", "trainer: [1, 2\n", [], "s.yaml: invalid YAML at line"),
     ("unknown top-level key", space_text() + "serach: {}\n", [], "s.yaml: serach: unknown key"),
     (
+        "pruner arguments that fail only when it decides",
+        space_text(**{"search.pruner": {"name": "hyperband", "args": {"min_resource": 0}}}),
+        [],
+        "s.yaml: search.pruner.args: hyperband fails with these arguments: ZeroDivisionError",
+    ),
+    (
+        "a pruner argument of the wrong type",
+        space_text(**{"search.pruner": {"name": "median", "args": {"n_startup_trials": "abc"}}}),
+        [],
+        "s.yaml: search.pruner.args.n_startup_trials: must be an integer (median's default is 5)"
+        ", got 'abc'",
+    ),
+    (
+        "a base key the adapter does not read (a typo)",
+        space_text(base={"momentun": 0.5}),
+        [],
+        "s.yaml: base.momentun: adapter 'curve' reads no such hyp; did you mean 'momentum'?",
+    ),
+    (
         "unknown param type",
         space_text(**{"space.freeze.type": "integer"}),
         [],
@@ -126,7 +145,15 @@ ROWS = [
         ["--out", "alink/best.yaml"],
         "--out: cannot write alink/best.yaml: alink is not a directory",
     ),
-    ("n_trials <= 0", space_text(), ["--n-trials", "0"], "s.yaml: search.n_trials: must be > 0"),
+    ("n_trials <= 0", space_text(**{"search.n_trials": 0}), [],
+     "s.yaml: search.n_trials: must be > 0"),
+    # a flag's value is the flag's error, not the file's, which never said it
+    ("--n-trials 0", space_text(), ["--n-trials", "0"], "--n-trials: must be > 0, got 0"),
+    ("--set of a bad value", space_text(), ["--set", "search.seed=-1"],
+     "--set: search.seed: must be in 0 .. 2**32-1, got -1"),
+    ("--set of a whole mapping", space_text(),
+     ["--set", "search.pruner={name: median, args: {n_startup: 1}}"],
+     "--set: search.pruner.args.n_startup: not an argument of median"),
     (
         "malformed resources per trial",
         space_text(),
@@ -164,9 +191,9 @@ ROWS = [
         "s.yaml: study: 'v1?b' is not a usable study name",
     ),
     ("study flag naming a folder", space_text(), ["--study", ".."],
-     "s.yaml: study: '..' is not a usable study name"),
+     "--study: '..' is not a usable study name"),
     ("negative seed", space_text(), ["--seed", "-1"],
-     "s.yaml: search.seed: must be in 0 .. 2**32-1, got -1"),
+     "--seed: must be in 0 .. 2**32-1, got -1"),
     (
         "confirmation length without a confirmation",
         space_text(),
@@ -227,6 +254,31 @@ def test_reading_a_study_from_a_mistyped_path_creates_nothing(workdir, capsys, c
     code = main([name, "--storage", "journal:typo/s.log", *flags])
     assert code == 2 and "no such study file: typo/s.log" in capsys.readouterr().err
     assert not (workdir / "typo").exists()  # no empty database, no folder
+
+
+@pytest.mark.parametrize("command", [
+    ["status"], ["export", "--out", "x.yaml"], ["report"], ["search", "--space", "s.yaml"],
+])
+def test_a_file_that_is_no_journal_is_an_input_error_and_is_left_as_it_is(
+    workdir, capsys, command
+):
+    (workdir / "s.yaml").write_text(
+        "study: s\ntrainer: {adapter: curve, epochs: 1}\nobjective: {metric: val/acc}\n"
+        "space: {lr0: {type: float, low: 1.0e-4, high: 0.1}}\n"
+    )
+    # a one-line YAML file named by mistake (Optuna alone would read it as an empty journal,
+    # and appending to it would make it unreadable)
+    (workdir / "j.log").write_text("study: s\n")
+    name, *flags = command
+    code = main([name, *flags, "--storage", "journal:j.log"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("tuner: error: --storage: j.log is not an Optuna journal file")
+    assert len(err.strip().splitlines()) == 1
+    assert (workdir / "j.log").read_text() == "study: s\n"
+    (workdir / "j.log").write_text("study: s\nspace: {}\n")  # a longer one too
+    assert main([name, *flags, "--storage", "journal:j.log"]) == 2
+    assert "j.log is not an Optuna journal file" in capsys.readouterr().err
 
 
 def test_confirm_bad_flags_and_another_objective(workdir, capsys):

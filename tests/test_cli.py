@@ -128,7 +128,7 @@ def test_validate_prints_resolved_config(space, capsys):
     "args,expected",
     [
         (["validate", "missing.yaml"], "missing.yaml: no such file"),
-        (["search", "--space", "SPACE", "--n-trials", "0"], "search.n_trials: must be > 0"),
+        (["search", "--space", "SPACE", "--n-trials", "0"], "--n-trials: must be > 0"),
         (
             ["search", "--space", "SPACE", "--storage", "nope"],
             "--storage: 'nope' is not a storage",
@@ -183,6 +183,55 @@ def test_console_entry_points_and_debug(space, workdir):
     done = subprocess.run(
         [*env_cmd, "validate", str(bad), "--debug"], capture_output=True, text=True, cwd=ROOT
     )
-    assert done.returncode == 1 and "Traceback" in done.stderr
+    # the traceback, then the same line and exit code
+    assert done.returncode == 2 and "Traceback" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"tuner: error: {bad}: space.lr0: low (1) must be < high (0)"
+    )
     done = subprocess.run([*env_cmd, "search"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2  # usage error
+
+
+def test_resume_keeps_the_trainer_settings_and_base_its_trials_ran_with(space, workdir, capsys):
+    """Another epoch count or base hyp would mix values that do not compare; the budget, the
+    adapter's runtime settings (here the curve's sleep) and the space's ranges may change."""
+    import optuna
+
+    assert main(["search", "--space", str(space), "--n-trials", "3"]) == 0
+    config_file = workdir / "studies" / "demo-cli" / "config.yaml"
+    before = config_file.read_text()
+    capsys.readouterr()
+    for override, field, had, has in (
+        ("trainer.epochs=4", "trainer.epochs", "3", "4"),
+        ("base.momentum=0.9", "base.momentum", "0.7", "0.9"),
+        ("base.fliplr=0.0", "base.fliplr", "0.5", "0.0"),  # an adapter default, resolved
+    ):
+        code = main(["search", "--space", str(space), "--n-trials", "4", "--set", override])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.strip() == (
+            f"tuner: error: --set: {field}: study 'demo-cli' ran its trials with {had}, not "
+            f"{has}; their values would not compare: keep the setting or pick another --study "
+            "name"
+        )
+    assert config_file.read_text() == before  # a refused resume rewrites nothing
+    study = optuna.load_study(study_name="demo-cli", storage="sqlite:///studies/demo-cli.db")
+    assert len(study.trials) == 3
+    args = ["search", "--space", str(space), "--n-trials", "5", "--set", "trainer.sleep=0.001",
+            "--set", "space.lr0.high=0.05"]
+    assert main(args) == 0
+    assert len(study.trials) == 5
+
+
+def test_a_search_stopped_by_its_timeout_says_so(space, capsys):
+    args = ["search", "--space", str(space), "--n-trials", "50", "--timeout", "1",
+            "--set", "trainer.sleep=0.2"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if x.startswith("stopped by the timeout"))
+    n_done = int(line.split(": ")[1].split()[0])
+    assert 0 < n_done < 50
+    assert line == (
+        f"stopped by the timeout (1 s): {n_done} of 50 trials finished; a re-run resumes"
+    )
+    assert "best configuration written to" in err  # the best so far is still exported

@@ -311,12 +311,12 @@ def test_confirmation_at_full_length_trains_longer_and_never_mixes_lengths(workd
     assert "at 3 epochs (4 runs)" in capsys.readouterr().err
     # the space field, the flag of `tuner search`, and their bounds
     assert main(["confirm", "--space", "c.yaml", "--epochs", "0"]) == 2
-    assert "c.yaml: search.confirm.epochs: must be >= 1, got 0" in capsys.readouterr().err
+    assert "tuner: error: --epochs: must be >= 1, got 0" in capsys.readouterr().err
     no_length = SPACE.replace("adapter: curve, epochs: 2,", "adapter: curve-noepochs,")
     (workdir / "n.yaml").write_text(no_length)
     code = main(["search", "--space", "n.yaml", "--confirm", "1", "--confirm-epochs", "4"])
     assert code == 2
-    assert "n.yaml: search.confirm.epochs: adapter 'curve-noepochs' has no epochs setting" in (
+    assert "--confirm-epochs: adapter 'curve-noepochs' has no epochs setting" in (
         capsys.readouterr().err
     )
 

@@ -204,3 +204,25 @@ def test_a_trial_failing_outside_the_trainer_keeps_its_reason(workdir, capsys, m
     assert [t.user_attrs["fail_reason"] for t in study.trials] == [
         "ValueError: cannot sample lr0"
     ] * 2
+
+
+def test_ctrl_c_in_the_trainer_fails_that_trial_as_interrupted_and_keeps_the_others(
+    workdir, capsys, monkeypatch
+):
+    """A bare KeyboardInterrupt (Ctrl-C) carries no message: the reason still says what it was."""
+    run = CurveAdapter.run
+    calls = []
+
+    def interrupted_third(self, hyp, reporter, trial_dir):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return run(self, hyp, reporter, trial_dir)
+
+    monkeypatch.setattr(CurveAdapter, "run", interrupted_third)
+    (workdir / "f.yaml").write_text(SPACE.format(setting="crash_above_lr0"))
+    assert main(["search", "--space", "f.yaml"]) == 130
+    study = optuna.load_study(study_name="f", storage=URL)
+    assert len(study.trials) == 3 and study.trials[2].state == FAIL
+    assert all(t.state in FINISHED for t in study.trials[:2])  # finished ones are kept
+    assert study.trials[2].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"

@@ -477,3 +477,21 @@ def test_the_reporters_time_is_recorded_apart_from_the_trainers(tmp_path):
         n_reports = len(trial.intermediate_values)
         assert n_reports and trial.user_attrs["report_seconds"] >= 0.01 * n_reports
         assert trial.user_attrs["wall_seconds"] >= trial.user_attrs["report_seconds"]
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path):
+    """The hyp file and the report are read by pipelines and teammates: not private (0600)."""
+    import os
+
+    from tuner.export import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.yaml", "lr0: 0.01\n")
+        os.umask(0o022)
+        write_atomic(tmp_path / "b.yaml", "lr0: 0.01\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.yaml").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "b.yaml").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] in (["a.yaml", "b.yaml"], ["b.yaml", "a.yaml"])

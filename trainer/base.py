@@ -144,6 +144,9 @@ class Adapter(ABC):
         export_format: The native hyp file format for this adapter's pipeline.
         seed_setting: The setting that seeds a run (data order, initialisation, augmentation
             draws), or None when the adapter has none; ``tuner confirm`` varies it.
+        runtime_settings: Settings that change how a run executes, not what it measures
+            (device, loader workers, timeouts): a resumed study may change them, while every
+            other setting must stay as its trials were run.
     """
 
     name: ClassVar[str]
@@ -153,6 +156,7 @@ class Adapter(ABC):
     default_direction: ClassVar[str] = "maximize"
     export_format: ClassVar[str] = "generic"
     seed_setting: ClassVar[str | None] = None
+    runtime_settings: ClassVar[frozenset[str]] = frozenset({"device", "workers"})
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         """Validate settings.

@@ -130,6 +130,10 @@ class CommandAdapter(Adapter):
     default_direction = "maximize"
     export_format = "generic"
     seed_setting = "seed"
+    # where and how the script runs, and what it declares; the objective is checked apart
+    runtime_settings = frozenset(
+        {"device", "cwd", "env", "grace", "timeout", "metrics", "metric", "direction"}
+    )
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         super().__init__(settings, cache_dir)
@@ -150,8 +154,10 @@ class CommandAdapter(Adapter):
             raise ConfigError("metrics_file", f"must end in .csv or .jsonl, got {metrics_file!r}")
         if Path(metrics_file).is_absolute():
             raise ConfigError("metrics_file", "must be relative to the trial folder")
-        metric = reader.string("metric", "fitness")
-        metrics = reader.string_list("metrics", [metric])
+        # without `metric`, the default objective is the first metric the script reports
+        # (never a name it may not write, which would fail every trial)
+        metrics = reader.string_list("metrics", None) or []
+        metric = reader.string("metric", metrics[0] if metrics else "fitness")
         if metric not in metrics:
             metrics = [metric, *metrics]
         defaults = reader.mapping("defaults")

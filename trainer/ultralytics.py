@@ -115,6 +115,7 @@ class UltralyticsAdapter(Adapter):
     default_direction = "maximize"
     export_format = "ultralytics"
     seed_setting = "seed"
+    runtime_settings = frozenset({"device", "workers", "verbose"})
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         super().__init__(settings, cache_dir)

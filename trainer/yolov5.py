@@ -98,6 +98,9 @@ class YoloV5Adapter(Adapter):
     default_direction = "maximize"
     export_format = "yolov5"
     seed_setting = "seed"
+    runtime_settings = frozenset(
+        {"device", "workers", "yolov5_dir", "python", "noplots", "env", "grace", "timeout"}
+    )
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         super().__init__(settings, cache_dir)

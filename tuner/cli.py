@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -80,21 +81,25 @@ class Progress:
 
 def _space_overrides(args: argparse.Namespace) -> list[str | tuple[str, Any]]:
     # CLI flags are overrides of space fields, applied before validation (precedence:
-    # defaults < space file < flags), so their errors name the same fields. Typed flags go
-    # as (key, value) pairs: argparse has typed them, and YAML would re-read '007' as 7.
+    # defaults < space file < flags), checked by the same code; an error names the flag that
+    # set the field. Typed flags go as (key, value, flag): argparse has typed them, and YAML
+    # would re-read '007' as 7.
+    # `tuner confirm` spells the confirmation flags without the prefix
+    prefix = "--" if getattr(args, "command", None) == "confirm" else "--confirm-"
     flags = [
-        ("study", args.study),
-        ("search.n_trials", getattr(args, "n_trials", None)),
-        ("search.timeout", getattr(args, "timeout", None)),
-        ("search.seed", getattr(args, "seed", None)),
-        ("search.max_failures", getattr(args, "max_failures", None)),
-        ("search.confirm.top_k", getattr(args, "confirm", None)),
-        ("search.confirm.top_k", getattr(args, "top_k", None)),
-        ("search.confirm.n_seeds", getattr(args, "n_seeds", None)),
-        ("search.confirm.epochs", getattr(args, "confirm_epochs", None)),
-        ("search.confirm.reduce", getattr(args, "confirm_reduce", None)),
+        ("study", "--study", args.study),
+        ("search.n_trials", "--n-trials", getattr(args, "n_trials", None)),
+        ("search.timeout", "--timeout", getattr(args, "timeout", None)),
+        ("search.seed", "--seed", getattr(args, "seed", None)),
+        ("search.max_failures", "--max-failures", getattr(args, "max_failures", None)),
+        ("search.confirm.top_k", "--confirm", getattr(args, "confirm", None)),
+        ("search.confirm.top_k", "--top-k", getattr(args, "top_k", None)),
+        ("search.confirm.n_seeds", "--n-seeds", getattr(args, "n_seeds", None)),
+        ("search.confirm.epochs", f"{prefix}epochs", getattr(args, "confirm_epochs", None)),
+        ("search.confirm.reduce", f"{prefix}reduce", getattr(args, "confirm_reduce", None)),
     ]
-    return [(key, value) for key, value in flags if value is not None] + list(args.set or [])
+    typed = [(key, value, flag) for key, flag, value in flags if value is not None]
+    return [*typed, *(args.set or [])]
 
 
 def _cache_dir() -> Path:
@@ -140,7 +145,7 @@ def _adapter_checked(config: Any):
     try:
         adapter.check_data()
     except ConfigError as exc:
-        raise InputError(config.source, f"trainer.{exc.field}", exc.message) from None
+        raise config.error(f"trainer.{exc.field}", exc.message) from None
     return adapter
 
 
@@ -309,6 +314,14 @@ def cmd_search(args: argparse.Namespace) -> int:
             print("\ninterrupted: the running trial is recorded as failed", file=err)
             _write_best(study, out, command, quiet=False)
             return EXIT_INTERRUPTED
+        n_done = st.n_finished(study)
+        if n_done < n_total and config.search.timeout is not None:
+            # the only way a backend returns short of the budget (failures raise)
+            print(
+                f"stopped by the timeout ({config.search.timeout:g} s): {n_done} of {n_total} "
+                "trials finished; a re-run resumes",
+                file=err,
+            )
     confirm = config.search.confirm
     if confirm.top_k and st.best_trial(study) is not None:
         code = _confirm(study, config, adapter, out_dir, confirm.top_k, out, command, lock)
@@ -378,7 +391,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     adapter = _adapter_checked(config)
     problem = confirm_problem(config.objective.is_multi, adapter, config.trainer.adapter)
     if problem:
-        raise InputError(config.source, "search.confirm", problem)
+        raise config.error("search.confirm", problem)
     args.study = config.study
     args.storage = storage_url
     study = _open_study(args)
@@ -811,21 +824,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     args.debug = debug
     previous = _sigterm_as_interrupt()
+    # --debug adds the traceback; the exit code stays the same, so scripts read it either way
     try:
         return args.func(args)
     except TunerError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"tuner: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         if debug:
-            raise
+            traceback.print_exc()
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - one clear line unless --debug
         if debug:
-            raise
+            traceback.print_exc()
         print(
             f"tuner: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
             file=sys.stderr,

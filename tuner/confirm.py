@@ -320,7 +320,7 @@ def run_confirm(
     """
     problem = confirm_problem(config.objective.is_multi, adapter, adapter.name)
     if problem:
-        raise InputError(config.source, "search.confirm", problem)
+        raise config.error("search.confirm", problem)
     setting, study_seed = seed_of(adapter, study)
     chosen, base = candidates(study, top_k)
     if not chosen:

@@ -26,6 +26,10 @@ from tuner.errors import InputError
 from tuner.study import baseline_trial, best_trial, counts, gain
 
 
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 @dataclass(frozen=True)
 class Pick:
     """The trial chosen for export and why."""
@@ -120,7 +124,7 @@ def pick_trial(
         trials = study.get_trials(deepcopy=False)
         if not 0 <= number < len(trials):
             raise InputError("--trial", None, f"study {study.study_name!r} has no trial {number}")
-        return Pick(trials[number], f"trial {number} (chosen with --trial)")
+        return Pick(trials[number], "chosen with --trial")
     if isinstance(rule, str):
         rule = parse_pick(rule)
     rule = rule or default_pick(study)
@@ -173,7 +177,7 @@ def _confirmed(study: optuna.Study) -> Pick:
         + (" and the baseline" if record.baseline is not None else "")
     )
     if not record.complete:
-        text += f" (unfinished: {record.n_done}/{record.n_runs} runs)"
+        text += f" (unfinished: {record.n_done}/{_runs(record.n_runs)})"
     return Pick(study.get_trials(deepcopy=False)[number], text)
 
 
@@ -300,7 +304,7 @@ def _confirm_lines(record: ConfirmRecord | None, number: int) -> list[str]:
         if mean is None:
             return "every run failed"
         return f"{mean:.6g}" + (f" +- {std:.3g}" if std is not None else "") + (
-            f" ({len(record.values(n))} runs)"
+            f" ({_runs(len(record.values(n)))})"
         )
 
     seeds = ", ".join(map(str, record.seeds))
@@ -365,6 +369,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _umask() -> int:
+    # the only way to read the umask is to set it; set it straight back
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers never see a half-written file.
 
@@ -376,6 +387,9 @@ def write_atomic(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            # mkstemp makes the file private (0600); the hyp file and the report are for the
+            # pipeline and the team, so they get the mode open() would give: 0666 less umask
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
                 handle.flush()

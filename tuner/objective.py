@@ -217,7 +217,7 @@ class Objective:
             raise
         except KeyboardInterrupt as exc:
             # a bare KeyboardInterrupt is Ctrl-C; the CLI raises one saying "SIGTERM"
-            trial.set_user_attr("fail_reason", f"interrupted ({exc or 'Ctrl-C'})")
+            trial.set_user_attr("fail_reason", f"interrupted ({str(exc) or 'Ctrl-C'})")
             raise
         except TrialError as exc:
             trial.set_user_attr("fail_reason", str(exc))

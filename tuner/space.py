@@ -7,6 +7,7 @@ applied to the raw mapping before validation so that errors name the same fields
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -167,6 +168,8 @@ class StudyConfig:
         base_file: The hyp file ``base`` was read from, if any.
         search: Sampler, pruner, budget.
         space: Searched keys in file order.
+        origins: The fields that flags set, by dotted key: the flag (``--seed``) or
+            ``--set``, so that an error in them names the flag, not the file.
     """
 
     source: str
@@ -177,6 +180,11 @@ class StudyConfig:
     base_file: str | None
     search: SearchConfig
     space: Mapping[str, ParamSpec]
+    origins: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def error(self, field_name: str | None, message: str) -> InputError:
+        """An input error about ``field_name``, naming the flag that set it or else the file."""
+        return blamed(self.source, self.origins, field_name, message)
 
     def make_adapter(self, cache_dir: Path) -> Adapter:
         """A fresh adapter for these settings (already validated at load time)."""
@@ -211,14 +219,34 @@ class StudyConfig:
 # -- parsing helpers -------------------------------------------------------------------------
 
 
-class _Ctx:
-    """Carries the source name so every error names file and field."""
+def blamed(
+    source: str, origins: Mapping[str, str], field_name: str | None, message: str
+) -> InputError:
+    """An input error about ``field_name``: naming the flag that set the field (or a mapping
+    above it), or else the space file ``source``.
 
-    def __init__(self, source: str) -> None:
+    A typed flag is named alone (``--seed: must be in ...``), ``--set`` with the field
+    (``--set: search.seed: ...``): the file never said what the error is about.
+    """
+    if field_name:
+        keys = [k for k in origins if field_name == k or field_name.startswith(k + ".")]
+        if keys:
+            flag = origins[max(keys, key=len)]
+            if flag == "--set":
+                return InputError(flag, field_name, message)
+            return InputError(flag, None, message)
+    return InputError(source, field_name, message)
+
+
+class _Ctx:
+    """Carries the source name (and what flags set) so every error names file and field."""
+
+    def __init__(self, source: str, origins: Mapping[str, str] | None = None) -> None:
         self.source = source
+        self.origins = origins if origins is not None else {}
 
     def error(self, field_name: str | None, message: str) -> InputError:
-        return InputError(self.source, field_name, message)
+        return blamed(self.source, self.origins, field_name, message)
 
     def mapping(self, value: Any, field_name: str) -> Mapping[str, Any]:
         if not isinstance(value, Mapping):
@@ -465,24 +493,47 @@ def _parse_base(ctx: _Ctx, raw: Any, folder: Path) -> tuple[dict[str, Any], str 
     return dict(raw), base_file
 
 
-Override = str | tuple[str, Any]
+def _check_base_keys(ctx: _Ctx, base: Mapping[str, Any], adapter: Adapter, name: str) -> None:
+    """Every key of an inline ``base`` is one the adapter reads: a typo would leave the baseline
+    at the default and travel into the exported hyp file.
+
+    A base *file* is left as it is: a pipeline's hyp file may carry keys for that pipeline.
+    """
+    known = set(adapter.default_hyp()) | set(getattr(adapter, "supported_keys", ()))
+    for key in base:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ctx.error(
+                f"base.{key}",
+                f"adapter {name!r} reads no such hyp; {hint}it reads {', '.join(sorted(known))}",
+            )
+
+
+Override = str | tuple[str, Any] | tuple[str, Any, str]
 
 
 def apply_overrides(
-    raw: dict[str, Any], overrides: Iterable[Override], source: str
+    raw: dict[str, Any],
+    overrides: Iterable[Override],
+    source: str,
+    origins: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Apply overrides to a raw space mapping.
 
     Args:
         raw: The space file's mapping.
         overrides: ``"a.b.c=value"`` strings (``--set``; the value parsed as YAML) or
-            ``(dotted key, value)`` pairs (typed CLI flags, taken as they are: ``--study 007``
-            stays the string ``'007'``).
+            ``(dotted key, value[, flag])`` tuples (typed CLI flags, taken as they are:
+            ``--study 007`` stays the string ``'007'``).
         source: The space file, for messages.
+        origins: Filled with what set each overridden key: the tuple's flag, or ``--set``.
     """
     for item in overrides:
+        flag = "--set"
         if isinstance(item, tuple):
-            key, parsed = item
+            key, parsed, *named = item
+            flag = named[0] if named else flag
         else:
             key, sep, value = item.partition("=")
             if not sep or not key:
@@ -501,6 +552,8 @@ def apply_overrides(
                 raise InputError("--set", key, f"{part} is not a mapping in {source}")
             node = child
         node[parts[-1]] = parsed
+        if origins is not None:
+            origins[key] = flag
     return raw
 
 
@@ -524,11 +577,12 @@ def load_space(
     path = Path(path)
     source = str(path)
     raw = _load_yaml(path, source)
-    ctx = _Ctx(source)
+    origins: dict[str, str] = {}
+    ctx = _Ctx(source, origins)
     if raw is None:
         raise ctx.error(None, "the file is empty")
     raw = dict(ctx.mapping(raw, "top level"))
-    raw = apply_overrides(raw, overrides, source)
+    raw = apply_overrides(raw, overrides, source, origins)
     ctx.unknown(raw, TOP_LEVEL_KEYS, "")
 
     study = raw.get("study", path.stem)
@@ -569,6 +623,8 @@ def load_space(
             )
 
     base, base_file = _parse_base(ctx, raw.get("base"), path.parent)
+    if base_file is None:
+        _check_base_keys(ctx, base, adapter, name)
     search = _parse_search(ctx, raw.get("search"), objective.is_multi)
     if search.confirm.top_k:
         problem = confirm_problem(objective.is_multi, adapter, name)
@@ -606,6 +662,7 @@ def load_space(
         base_file=base_file,
         search=search,
         space=dict(space),
+        origins=dict(origins),
     )
     if search.baseline:
         _check_baseline(ctx, config, adapter)

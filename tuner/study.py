@@ -7,6 +7,7 @@ data.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import json
@@ -27,6 +28,7 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from trainer.base import get_adapter
 from tuner.errors import InputError, StudyError
 from tuner.samplers import PrunedGPSampler
 from tuner.space import ComponentConfig, StudyConfig
@@ -89,10 +91,16 @@ def open_storage(
         _check_exists(path, create)
         _ensure_parent(path, url)
         try:
+            _check_journal(path)
             backend = JournalFileBackend(str(path))
+            # the storage replays the whole log here, so a damaged journal fails now
+            return TunerJournalStorage(backend, heartbeat_interval, grace_period)
         except OSError as exc:
             raise InputError("--storage", None, f"cannot open {path}: {exc}") from None
-        return TunerJournalStorage(backend, heartbeat_interval, grace_period)
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise InputError(
+                "--storage", None, f"{path} is not an Optuna journal file ({exc})"
+            ) from None
     if "://" not in url:
         raise InputError(
             "--storage",
@@ -132,6 +140,28 @@ def open_storage(
     except Exception as exc:  # SQLAlchemy raises many types for bad URLs / unreachable hosts
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError("--storage", None, f"cannot open {url}: {first}") from None
+
+
+def _check_journal(path: Path) -> None:
+    """A journal's first line is one JSON log record.
+
+    Optuna skips an undecodable *last* line as a write cut short, so a one-line file of another
+    kind would read as an empty journal, and the study's records appended to it would make it
+    unreadable; checking the first line keeps such a file as it is.
+
+    Raises:
+        ValueError: The file is not empty and its first line is no JSON record.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 20)
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise ValueError(f"its first line is not a journal record: {first[:60]!r}")
 
 
 def _rdb_storage(
@@ -256,30 +286,55 @@ def _build(
     registry: Mapping[str, Component],
     cfg: ComponentConfig,
     field_name: str,
-    source: str,
+    config: StudyConfig,
     **fixed: Any,
 ) -> Any:
     kind = field_name.rsplit(".", 1)[-1]
     entry = registry.get(cfg.name)
     if entry is None:
-        raise InputError(
-            source,
+        raise config.error(
             f"{field_name}.name",
             f"unknown {kind} {cfg.name!r}; choose from {', '.join(registry)}",
         )
     params = inspect.signature(entry.cls).parameters
-    for key in cfg.args:
+    for key, value in cfg.args.items():
         if key not in params or key in fixed:
             allowed = sorted(k for k in params if k not in fixed)
-            raise InputError(
-                source,
+            raise config.error(
                 f"{field_name}.args.{key}",
                 f"not an argument of {cfg.name}; expected one of {', '.join(allowed)}",
+            )
+        wanted = _wanted_type(params[key].default)
+        if wanted is not None and not _is_of(value, wanted):
+            raise config.error(
+                f"{field_name}.args.{key}",
+                f"must be {_TYPE_WORDS[wanted]} ({cfg.name}'s default is "
+                f"{params[key].default!r}), got {value!r}",
             )
     try:
         return entry.cls(**fixed, **{**entry.defaults, **cfg.args})
     except (TypeError, ValueError, ImportError) as exc:
-        raise InputError(source, f"{field_name}.args", f"{cfg.name}: {exc}") from None
+        raise config.error(f"{field_name}.args", f"{cfg.name}: {exc}") from None
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number"}
+
+
+def _wanted_type(default: Any) -> type | None:
+    """The type an argument with this default takes (None: a default that says nothing, such
+    as None or ``"auto"`` where a number is taken too)."""
+    for kind in (bool, int, float):
+        if isinstance(default, kind):
+            return kind
+    return None
+
+
+def _is_of(value: Any, wanted: type) -> bool:
+    if wanted is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if wanted is int else isinstance(value, int | float)
 
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -287,20 +342,52 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     search = config.search
     entry = SAMPLERS.get(search.sampler.name)
     if entry is not None and config.objective.is_multi and not entry.multi_objective:
-        raise InputError(
-            config.source,
+        raise config.error(
             "search.sampler.name",
             f"{search.sampler.name} cannot optimise several objectives; use tpe, nsga2 or random",
         )
-    return _build(SAMPLERS, search.sampler, "search.sampler", config.source, seed=search.seed)
+    return _build(SAMPLERS, search.sampler, "search.sampler", config, seed=search.seed)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """The configured pruner (a no-op pruner for multi-objective studies)."""
-    pruner = _build(PRUNERS, config.search.pruner, "search.pruner", config.source)
+    pruner = _build(PRUNERS, config.search.pruner, "search.pruner", config)
     if config.objective.is_multi:
         return optuna.pruners.NopPruner()
+    _check_decides(pruner, config)
     return pruner
+
+
+def _check_decides(pruner: optuna.pruners.BasePruner, config: StudyConfig) -> None:
+    """Let a copy of ``pruner`` decide on a few made-up trials of a throwaway study.
+
+    Some argument values fail only when the pruner first decides (Hyperband's
+    ``min_resource: 0`` divides by zero), which would fail every trial of the study. A copy,
+    because pruners keep state from the trials they see (Hyperband's ``max_resource: auto``
+    takes the first finished trial's length).
+
+    Raises:
+        InputError: The pruner fails with these arguments.
+    """
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        study = optuna.create_study(pruner=copy.deepcopy(pruner))
+        for number in range(4):
+            trial = study.ask()
+            for step in range(1, 4):
+                trial.report(float(number + step), step)
+                if trial.should_prune():
+                    break
+            study.tell(trial, float(number))
+    except Exception as exc:  # any: this pruner would fail every trial the same way
+        raise config.error(
+            "search.pruner.args",
+            f"{config.search.pruner.name} fails with these arguments: "
+            f"{type(exc).__name__}: {exc}",
+        ) from None
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def pruning_disabled_notice(config: StudyConfig) -> str | None:
@@ -325,11 +412,14 @@ def create_or_load(
     """Create the study, or load it when it exists (resume).
 
     Raises:
-        InputError: An existing study with the same name optimises something else.
+        InputError: An existing study with the same name optimises something else or trained
+            its trials with other trainer settings or base hyps.
     """
     directions = [t.direction for t in config.objective.targets]
     if config.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-        check_objective(optuna.load_study(study_name=config.study, storage=storage), config)
+        stored = optuna.load_study(study_name=config.study, storage=storage)
+        check_objective(stored, config)
+        check_settings(stored, config, resolved)
     study = optuna.create_study(
         storage=storage,
         study_name=config.study,
@@ -344,6 +434,45 @@ def create_or_load(
         study.set_user_attr("command", command)
         study.set_user_attr("metrics", [t.metric for t in config.objective.targets])
     return study
+
+
+def check_settings(
+    study: optuna.Study, config: StudyConfig, resolved: Mapping[str, Any]
+) -> None:
+    """A resumed study must train as its trials did: same trainer settings and base hyps.
+
+    Another epoch count, data set, weights or seed would mix values that do not compare (a
+    2-epoch trial "best" among 1-epoch ones). The adapter's ``runtime_settings`` (device,
+    loader workers, timeouts) may change; the search budget, sampler, pruner and the ranges
+    of the space may too. Settings that one side does not have (a study of an older version)
+    are not compared.
+
+    Args:
+        study: The stored study, with the resolved config of its first run.
+        config: The space of this run.
+        resolved: Its resolved config (:meth:`StudyConfig.to_dict`).
+
+    Raises:
+        InputError: A trainer setting or base hyp differs, naming the first one.
+    """
+    stored = study.user_attrs.get("config")
+    if not isinstance(stored, Mapping):
+        return
+    now = json.loads(json.dumps(dict(resolved), default=str))  # as the attr stored it
+    runtime = get_adapter(config.trainer.adapter).runtime_settings
+    for section in ("trainer", "base"):
+        had, has = stored.get(section), now.get(section)
+        if not isinstance(had, Mapping) or not isinstance(has, Mapping):
+            continue
+        for key in sorted(had.keys() & has.keys()):
+            if section == "trainer" and key in runtime or had[key] == has[key]:
+                continue
+            raise config.error(
+                f"{section}.{key}",
+                f"study {study.study_name!r} ran its trials with {had[key]!r}, not "
+                f"{has[key]!r}; their values would not compare: keep the setting or pick "
+                "another --study name",
+            )
 
 
 def check_objective(
@@ -362,8 +491,7 @@ def check_objective(
     directions = [t.direction for t in config.objective.targets]
     have = [d.name.lower() for d in study.directions]
     if have != directions:
-        raise InputError(
-            config.source,
+        raise config.error(
             "objective",
             f"study {study.study_name!r} already exists with directions {have}, not "
             f"{directions}; {hint}",
@@ -375,8 +503,7 @@ def check_objective(
     if have_metrics != metrics or (reduce is not None and reduce != config.objective.reduce):
         want = f"{', '.join(metrics)} (reduce: {config.objective.reduce})"
         had = ", ".join(have_metrics) + (f" (reduce: {reduce})" if reduce else "")
-        raise InputError(
-            config.source,
+        raise config.error(
             "objective",
             f"study {study.study_name!r} already exists optimising {had}, not {want}; "
             f"its values would mix: {hint}",

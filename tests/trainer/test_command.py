@@ -165,6 +165,17 @@ def test_per_instance_declarations(tmp_path):
     assert CommandAdapter.supported_keys == frozenset(COMMON_HYP)
 
 
+def test_the_default_objective_is_a_metric_the_script_reports(tmp_path):
+    base = {"command": COMMAND, "metrics_file": "metrics.jsonl"}
+    # metrics without metric: the first of them, not a "fitness" the script never writes
+    adapter = CommandAdapter({**base, "metrics": ["acc", "loss"]}, tmp_path)
+    assert (adapter.default_metric, adapter.metrics) == ("acc", ("acc", "loss"))
+    # neither: the YOLO fitness column; a metric outside metrics is declared as reported too
+    assert CommandAdapter(base, tmp_path).metrics == ("fitness",)
+    adapter = CommandAdapter({**base, "metrics": ["loss"], "metric": "acc"}, tmp_path)
+    assert (adapter.default_metric, adapter.metrics) == ("acc", ("acc", "loss"))
+
+
 def test_space_uses_instance_keys_and_metrics(tmp_path):
     from tuner.errors import InputError
     from tuner.space import load_space

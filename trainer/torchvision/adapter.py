@@ -52,6 +52,8 @@ class TorchvisionAdapter(Adapter):
     default_direction: ClassVar[str] = "maximize"
     export_format: ClassVar[str] = "generic"
     seed_setting = "seed"
+    # the feature cache gives the same outputs as computing them (benchmarks.feature_cache)
+    runtime_settings = frozenset({"device", "workers", "feature_cache", "feature_cache_mb"})
 
     def __init__(self, settings: Mapping[str, Any] | None, cache_dir: Path) -> None:
         super().__init__(settings or {}, cache_dir)
