@@ -40,6 +40,15 @@ TV = (
 )
 ROWS = [
     ("malformed YAML", "trainer: [1, 2\n", [], "s.yaml: invalid YAML at line"),
+    ("no trainer section", "space: {}\n", [], "s.yaml: trainer: is required: the adapter"),
+    ("no adapter", "trainer: {epochs: 2}\n", [], "s.yaml: trainer.adapter: is required; choose "
+     "from "),
+    (
+        "a key twice (PyYAML alone keeps the last)",
+        "study: a\n" + space_text() + "study: b\n",
+        [],
+        "s.yaml: invalid YAML at line 24, column 1: duplicate key 'study'",
+    ),
     ("unknown top-level key", space_text() + "serach: {}\n", [], "s.yaml: serach: unknown key"),
     (
         "pruner arguments that fail only when it decides",

@@ -47,6 +47,20 @@ def test_defaults_then_file_then_overrides(write_space):
     assert cfg.search.n_trials == 9 and cfg.trainer.settings["epochs"] == 2 and cfg.study == "x"
 
 
+def test_an_override_of_args_extends_a_short_form_sampler_or_pruner(write_space):
+    text = GOOD.replace("{name: tpe, args: {n_startup_trials: 3}}", "tpe")
+    text = text.replace("{name: median, args: {n_startup_trials: 2}}", "median")
+    cfg = load_space(write_space(text), ["search.sampler.args.n_startup_trials=5",
+                                         "search.pruner.args.n_warmup_steps=1"])
+    assert (cfg.search.sampler.name, dict(cfg.search.sampler.args)) == (
+        "tpe", {"n_startup_trials": 5})
+    assert (cfg.search.pruner.name, dict(cfg.search.pruner.args)) == (
+        "median", {"n_warmup_steps": 1})
+    # other scalars stay scalars: an override below one is an error naming it
+    with pytest.raises(InputError, match="--set: study.x: study is not a mapping"):
+        load_space(write_space(text), ["study.x=1"])
+
+
 def test_exponent_floats_and_typed_flags(write_space):
     """``1e-4`` is a float (YAML 1.2, JSON), not PyYAML's string; a typed flag stays as typed."""
     text = GOOD.replace("low: 1.0e-4, high: 1.0e-1", "low: 1e-4, high: 1E-1")

@@ -511,6 +511,8 @@ def _check_base_keys(ctx: _Ctx, base: Mapping[str, Any], adapter: Adapter, name:
 
 
 Override = str | tuple[str, Any] | tuple[str, Any, str]
+# fields whose short form is a name alone (`sampler: gp` for `sampler: {name: gp}`)
+_SHORT_FORMS = frozenset({"search.sampler", "search.pruner"})
 
 
 def apply_overrides(
@@ -544,10 +546,13 @@ def apply_overrides(
                 parsed = value
         node = raw
         parts = key.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+            if isinstance(child, str) and ".".join(parts[: depth + 1]) in _SHORT_FORMS:
+                # `sampler: gp` is {name: gp}: an override of its args extends it
+                child = node[part] = {"name": child}
             if not isinstance(child, dict):
                 raise InputError("--set", key, f"{part} is not a mapping in {source}")
             node = child
@@ -595,7 +600,13 @@ def load_space(
             "so use letters, digits, '.', '_' and '-' (not starting with '.' or '-')",
         )
 
+    if raw.get("trainer") is None:
+        raise ctx.error("trainer", "is required: the adapter and its settings, e.g. "
+                                   "trainer: {adapter: torchvision, model: resnet18}")
     trainer_raw = dict(ctx.mapping(raw.get("trainer"), "trainer"))
+    if trainer_raw.get("adapter") is None:
+        names = ", ".join(adapter_names())
+        raise ctx.error("trainer.adapter", f"is required; choose from {names}")
     name = ctx.string(trainer_raw.pop("adapter", None), "trainer.adapter")
     try:
         adapter_cls = get_adapter(name)
