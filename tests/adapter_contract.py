@@ -53,6 +53,13 @@ class AdapterContract:
         assert adapter.default_metric in adapter.metrics
         # every searchable key has a default, so a baseline trial is always complete
         assert set(adapter.supported_keys) <= set(adapter.default_hyp())
+        # an inline base may set every key it reads (None: it passes any key on)
+        keys = adapter.hyp_keys()
+        assert keys is None or set(adapter.default_hyp()) <= keys
+        # what a resume may change are settings the adapter has
+        settings = adapter.settings_dict()
+        assert {k.split(".")[0] for k in adapter.runtime_settings} <= set(settings) | {
+            "device", "workers"}  # the base class's, which not every adapter has
 
     def test_reports_every_epoch(self, adapter, hyp, tmp_path):
         reporter = RecordingReporter()

@@ -160,6 +160,10 @@ ROWS = [
     ("--n-trials 0", space_text(), ["--n-trials", "0"], "--n-trials: must be > 0, got 0"),
     ("--set of a bad value", space_text(), ["--set", "search.seed=-1"],
      "--set: search.seed: must be in 0 .. 2**32-1, got -1"),
+    ("--set of part of a field with an error",
+     space_text(**{"search.pruner": {"name": "hyperband"}}),
+     ["--set", "search.pruner.args.min_resource=0"],
+     "s.yaml (with --set): search.pruner.args: hyperband fails with these arguments"),
     ("--set of a whole mapping", space_text(),
      ["--set", "search.pruner={name: median, args: {n_startup: 1}}"],
      "--set: search.pruner.args.n_startup: not an argument of median"),
@@ -191,7 +195,8 @@ ROWS = [
         "confirm with an adapter that has no seed",
         space_text(**{"trainer.adapter": "curve-noseed"}),
         ["--confirm", "2"],
-        "s.yaml: search.confirm: adapter 'curve-noseed' has no seed setting to vary",
+        "s.yaml (with --confirm): search.confirm: adapter 'curve-noseed' has no seed setting to "
+        "vary",
     ),
     (
         "study name with URL characters",

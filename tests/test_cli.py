@@ -217,8 +217,9 @@ def test_resume_keeps_the_trainer_settings_and_base_its_trials_ran_with(space, w
     assert config_file.read_text() == before  # a refused resume rewrites nothing
     study = optuna.load_study(study_name="demo-cli", storage="sqlite:///studies/demo-cli.db")
     assert len(study.trials) == 3
+    # lr0 is searched: its base value only set the baseline, which has run
     args = ["search", "--space", str(space), "--n-trials", "5", "--set", "trainer.sleep=0.001",
-            "--set", "space.lr0.high=0.05"]
+            "--set", "space.lr0.high=0.05", "--set", "base.lr0=0.002"]
     assert main(args) == 0
     assert len(study.trials) == 5
 

@@ -494,4 +494,32 @@ def test_written_files_get_the_mode_open_would_give(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.yaml").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "b.yaml").stat().st_mode & 0o777 == 0o644
-    assert [p.name for p in tmp_path.iterdir()] in (["a.yaml", "b.yaml"], ["b.yaml", "a.yaml"])
+    # a rewrite keeps the mode the file has (one a person made private stays private)
+    (tmp_path / "a.yaml").chmod(0o600)
+    write_atomic(tmp_path / "a.yaml", "lr0: 0.02\n")
+    assert (tmp_path / "a.yaml").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.yaml"]  # no temp file
+
+
+def test_settings_differences_are_key_by_key_and_paths_compare_by_file_name():
+    from tuner.study import _differences
+
+    had = {"epochs": 3, "data": "/a/data/coco.yaml", "synthetic": {"n_train": 300, "seed": 0},
+           "device": "cpu", "old_setting": 1, "train_args": {"plots": False, "lr": 1}}
+    same = {**had, "data": "/b/elsewhere/coco.yaml", "device": "cuda", "new_setting": 2,
+            "synthetic": {"n_train": 300, "seed": 0, "new_nested": 1},
+            "train_args": {"plots": True, "lr": 1}}
+    skip = {"device", "train_args.plots"}
+    assert list(_differences(had, same, skip)) == []
+    other = {**same, "data": "/a/data/voc.yaml", "synthetic": {"n_train": 600, "seed": 0},
+             "train_args": {"plots": True, "lr": 2}, "epochs": 4}
+    assert list(_differences(had, other, skip)) == [
+        ("data", "/a/data/coco.yaml", "/a/data/voc.yaml"),
+        ("epochs", 3, 4),
+        ("synthetic.n_train", 300, 600),
+        ("train_args.lr", 1, 2),
+    ]
+    # a relative path or a name is compared as it is
+    assert list(_differences({"w": "yolov5s.pt"}, {"w": "x/yolov5s.pt"}, ())) == [
+        ("w", "yolov5s.pt", "x/yolov5s.pt")
+    ]

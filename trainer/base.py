@@ -145,8 +145,9 @@ class Adapter(ABC):
         seed_setting: The setting that seeds a run (data order, initialisation, augmentation
             draws), or None when the adapter has none; ``tuner confirm`` varies it.
         runtime_settings: Settings that change how a run executes, not what it measures
-            (device, loader workers, timeouts): a resumed study may change them, while every
-            other setting must stay as its trials were run.
+            (device, loader workers, timeouts; dotted for a key inside a mapping setting): a
+            resumed study may change them, while every other setting must stay as its trials
+            were run.
     """
 
     name: ClassVar[str]
@@ -178,6 +179,11 @@ class Adapter(ABC):
     @abstractmethod
     def settings_dict(self) -> dict[str, Any]:
         """The resolved settings (defaults filled in), for the saved config."""
+
+    def hyp_keys(self) -> frozenset[str] | None:
+        """The hyp keys this adapter reads, which a space's inline ``base`` is checked against
+        (None: it passes any key on, e.g. into the pipeline's own hyp file)."""
+        return frozenset(self.default_hyp()) | frozenset(self.supported_keys)
 
     def limits(self) -> dict[str, tuple[float, float]]:
         """Inclusive bounds for hyp keys whose valid range depends on the settings.

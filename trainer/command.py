@@ -154,10 +154,12 @@ class CommandAdapter(Adapter):
             raise ConfigError("metrics_file", f"must end in .csv or .jsonl, got {metrics_file!r}")
         if Path(metrics_file).is_absolute():
             raise ConfigError("metrics_file", "must be relative to the trial folder")
-        # without `metric`, the default objective is the first metric the script reports
-        # (never a name it may not write, which would fail every trial)
+        # without `metric`, the default objective is YOLO's fitness where the declared columns
+        # give it (mAP50 and mAP50-95, as YOLO names them), else the first declared metric:
+        # never a name the script may not write, which would fail every trial
         metrics = reader.string_list("metrics", None) or []
-        metric = reader.string("metric", metrics[0] if metrics else "fitness")
+        gives_fitness = not metrics or "fitness" in add_aliases(dict.fromkeys(metrics, 0.0))
+        metric = reader.string("metric", "fitness" if gives_fitness else metrics[0])
         if metric not in metrics:
             metrics = [metric, *metrics]
         defaults = reader.mapping("defaults")
@@ -197,6 +199,10 @@ class CommandAdapter(Adapter):
         if not isinstance(self_or_cls, type):
             out.update(self_or_cls.settings.defaults)
         return out
+
+    def hyp_keys(self) -> frozenset[str] | None:
+        """None: the script gets every hyp key in its hyp file, whichever it reads."""
+        return None
 
     def settings_dict(self) -> dict[str, Any]:
         out = asdict(self.settings)

@@ -100,6 +100,11 @@ class UltralyticsSettings:
     synthetic: dict[str, int] = field(default_factory=dict)
 
 
+# YOLO train arguments that change how a run executes or what it saves, not what it measures
+_RUNTIME_TRAIN_ARGS = ("device", "workers", "cache", "plots", "verbose", "save_period",
+                       "exist_ok", "project", "name")
+
+
 class UltralyticsAdapter(Adapter):
     """Trains Ultralytics YOLO models in this process; see the module docstring.
 
@@ -115,7 +120,9 @@ class UltralyticsAdapter(Adapter):
     default_direction = "maximize"
     export_format = "ultralytics"
     seed_setting = "seed"
-    runtime_settings = frozenset({"device", "workers", "verbose"})
+    runtime_settings = frozenset(
+        {"device", "workers", "verbose", *(f"train_args.{k}" for k in _RUNTIME_TRAIN_ARGS)}
+    )
 
     def __init__(self, settings: Mapping[str, Any], cache_dir: Path) -> None:
         super().__init__(settings, cache_dir)
@@ -228,6 +235,14 @@ class UltralyticsAdapter(Adapter):
             for key in s.train_args:
                 if key not in DEFAULT_CFG_DICT:
                     raise ConfigError(f"train_args.{key}", "is not an Ultralytics train argument")
+
+    def hyp_keys(self) -> frozenset[str] | None:
+        """The freeze keys and every train argument the adapter can pass on to YOLO."""
+        import_ultralytics(self.cache_dir)
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+
+        passed_on = set(DEFAULT_CFG_DICT) - set(MANAGED_ARGS)
+        return frozenset(passed_on | set(FREEZE_DEFAULTS) | set(self.supported_keys))
 
     def prepare(self) -> None:
         """Import Ultralytics offline and generate the synthetic set if used."""

@@ -148,6 +148,10 @@ class YoloV5Adapter(Adapter):
         """YOLOv5's hyp.scratch-low.yaml values, plus ``freeze: 0``."""
         return {**YOLOV5_HYP, "freeze": 0}
 
+    def hyp_keys(self) -> frozenset[str] | None:
+        """None: extra keys go into the ``--hyp`` file as they are (``anchors``, say)."""
+        return None
+
     def settings_dict(self) -> dict[str, Any]:
         out = asdict(self.settings)
         out["extra_args"] = list(self.settings.extra_args)

@@ -369,11 +369,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _umask() -> int:
-    # the only way to read the umask is to set it; set it straight back
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _mode_for(path: Path) -> int:
+    """The permission bits a rewrite of ``path`` keeps: its own, or 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        # the only way to read the umask is to set it; set it straight back
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -387,13 +391,13 @@ def write_atomic(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            # mkstemp makes the file private (0600); the hyp file and the report are for the
-            # pipeline and the team, so they get the mode open() would give: 0666 less umask
-            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
+            # mkstemp makes the file private (0600); the hyp file and the report are for the
+            # pipeline and the team: the mode of the file replaced, or the one open() gives
+            os.chmod(tmp, _mode_for(path))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -226,7 +226,9 @@ def blamed(
     above it), or else the space file ``source``.
 
     A typed flag is named alone (``--seed: must be in ...``), ``--set`` with the field
-    (``--set: search.seed: ...``): the file never said what the error is about.
+    (``--set: search.seed: ...``): the file never said what the error is about. When flags
+    set only part of the field (``--set search.pruner.args.min_resource=0`` and an error
+    about ``search.pruner.args``), the file and the flags share it: ``s.yaml (with --set)``.
     """
     if field_name:
         keys = [k for k in origins if field_name == k or field_name.startswith(k + ".")]
@@ -235,6 +237,9 @@ def blamed(
             if flag == "--set":
                 return InputError(flag, field_name, message)
             return InputError(flag, None, message)
+        inside = sorted({flag for k, flag in origins.items() if k.startswith(field_name + ".")})
+        if inside:
+            return InputError(f"{source} (with {', '.join(inside)})", field_name, message)
     return InputError(source, field_name, message)
 
 
@@ -483,7 +488,10 @@ def _parse_base(ctx: _Ctx, raw: Any, folder: Path) -> tuple[dict[str, Any], str 
         if not path.is_absolute():
             path = folder / path
         base_file = str(path)
-        raw = _load_yaml(path, ctx.source, "base")
+        try:
+            raw = _load_yaml(path, ctx.source, "base")
+        except InputError as exc:  # named by the flag when `--set base=FILE` gave the path
+            raise ctx.error("base", exc.message) from None
         if raw is None:
             raw = {}
     raw = ctx.mapping(raw, "base")
@@ -497,9 +505,15 @@ def _check_base_keys(ctx: _Ctx, base: Mapping[str, Any], adapter: Adapter, name:
     """Every key of an inline ``base`` is one the adapter reads: a typo would leave the baseline
     at the default and travel into the exported hyp file.
 
-    A base *file* is left as it is: a pipeline's hyp file may carry keys for that pipeline.
+    A base *file* is left as it is: a pipeline's hyp file may carry keys for that pipeline;
+    so are adapters that pass any key on (YOLOv5's ``--hyp`` file, the command's script).
     """
-    known = set(adapter.default_hyp()) | set(getattr(adapter, "supported_keys", ()))
+    defaults = set(adapter.default_hyp()) | set(getattr(adapter, "supported_keys", ()))
+    if all(key in defaults for key in base):
+        return
+    known = adapter.hyp_keys()  # may import the pipeline: only when a key is not a default
+    if known is None:
+        return
     for key in base:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -542,6 +556,9 @@ def apply_overrides(
                 raise InputError("--set", None, f"expected KEY=VALUE, got {item!r}")
             try:
                 parsed = parse_yaml(value) if value else None
+            except yaml.constructor.ConstructorError as exc:
+                # valid syntax that cannot be read (a key twice): not meant as a plain string
+                raise InputError("--set", key, yaml_problem(exc)) from None
             except yaml.YAMLError:
                 parsed = value
         node = raw

@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -442,10 +442,13 @@ def check_settings(
     """A resumed study must train as its trials did: same trainer settings and base hyps.
 
     Another epoch count, data set, weights or seed would mix values that do not compare (a
-    2-epoch trial "best" among 1-epoch ones). The adapter's ``runtime_settings`` (device,
-    loader workers, timeouts) may change; the search budget, sampler, pruner and the ranges
-    of the space may too. Settings that one side does not have (a study of an older version)
-    are not compared.
+    2-epoch trial "best" among 1-epoch ones). What may change: the adapter's
+    ``runtime_settings`` (device, loader workers, timeouts), the search budget, sampler,
+    pruner and the ranges of the space, the base value of a searched key (only the baseline,
+    which has run, trains with it), and the folder of a path setting (adapters store paths
+    resolved, so the same ``data: data/coco.yaml`` from another checkout or machine is
+    another absolute path: paths compare by file name). Settings that one side does not have
+    (a study of an older version) are not compared; nested ones key by key.
 
     Args:
         study: The stored study, with the resolved config of its first run.
@@ -460,19 +463,41 @@ def check_settings(
         return
     now = json.loads(json.dumps(dict(resolved), default=str))  # as the attr stored it
     runtime = get_adapter(config.trainer.adapter).runtime_settings
-    for section in ("trainer", "base"):
+    for section, skip in (("trainer", runtime), ("base", frozenset(config.space))):
         had, has = stored.get(section), now.get(section)
         if not isinstance(had, Mapping) or not isinstance(has, Mapping):
             continue
-        for key in sorted(had.keys() & has.keys()):
-            if section == "trainer" and key in runtime or had[key] == has[key]:
-                continue
+        for key, old, new in _differences(had, has, skip):
             raise config.error(
                 f"{section}.{key}",
-                f"study {study.study_name!r} ran its trials with {had[key]!r}, not "
-                f"{has[key]!r}; their values would not compare: keep the setting or pick "
-                "another --study name",
+                f"study {study.study_name!r} ran its trials with {old!r}, not {new!r}; "
+                "their values would not compare: keep the setting or pick another --study name",
             )
+
+
+def _differences(
+    had: Mapping[str, Any], has: Mapping[str, Any], skip: Container[str], prefix: str = ""
+) -> Iterator[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` of the settings both mappings have that differ, in key order;
+    keys in ``skip`` (dotted, from the top) are left out, mappings compared key by key."""
+    for key in sorted(had.keys() & has.keys()):
+        dotted = prefix + key
+        old, new = had[key], has[key]
+        if dotted in skip or old == new or _same_file(old, new):
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            yield from _differences(old, new, skip, dotted + ".")
+        else:
+            yield dotted, old, new
+
+
+def _same_file(old: Any, new: Any) -> bool:
+    """Two absolute paths with one file name: the same file in another folder (a checkout or
+    data set elsewhere, another machine), which a resume may use."""
+    return (
+        isinstance(old, str) and isinstance(new, str) and os.path.isabs(old)
+        and os.path.isabs(new) and Path(old).name == Path(new).name
+    )
 
 
 def check_objective(

@@ -170,8 +170,12 @@ def test_the_default_objective_is_a_metric_the_script_reports(tmp_path):
     # metrics without metric: the first of them, not a "fitness" the script never writes
     adapter = CommandAdapter({**base, "metrics": ["acc", "loss"]}, tmp_path)
     assert (adapter.default_metric, adapter.metrics) == ("acc", ("acc", "loss"))
-    # neither: the YOLO fitness column; a metric outside metrics is declared as reported too
+    # neither, or YOLO's columns that give it: YOLO's fitness (0.1 mAP50 + 0.9 mAP50-95)
     assert CommandAdapter(base, tmp_path).metrics == ("fitness",)
+    yolo = CommandAdapter({**base, "metrics": ["metrics/mAP50(B)", "metrics/mAP50-95(B)"]},
+                          tmp_path)
+    assert yolo.default_metric == "fitness"
+    # a metric outside metrics is declared as reported too
     adapter = CommandAdapter({**base, "metrics": ["loss"], "metric": "acc"}, tmp_path)
     assert (adapter.default_metric, adapter.metrics) == ("acc", ("acc", "loss"))
 
