@@ -467,7 +467,9 @@ def check_settings(
         had, has = stored.get(section), now.get(section)
         if not isinstance(had, Mapping) or not isinstance(has, Mapping):
             continue
-        for key, old, new in _differences(had, has, skip):
+        first = next(_differences(had, has, skip), None)
+        if first is not None:
+            key, old, new = first
             raise config.error(
                 f"{section}.{key}",
                 f"study {study.study_name!r} ran its trials with {old!r}, not {new!r}; "
