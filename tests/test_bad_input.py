@@ -64,6 +64,18 @@ ROWS = [
         ", got 'abc'",
     ),
     (
+        "a searched range outside what the key can mean (momentum above 1)",
+        space_text(**{"space.momentum": {"type": "float", "low": 0.6, "high": 1.5}}),
+        [],
+        "s.yaml: space.momentum: 1.5 is outside the valid range [0.0, 1.0]",
+    ),
+    (
+        "a base value outside what the key can mean (a probability above 1)",
+        space_text(base={"fliplr": 1.5}),
+        [],
+        "s.yaml: base.fliplr: 1.5 is outside the valid range [0.0, 1.0]",
+    ),
+    (
         "a base key the adapter does not read (a typo)",
         space_text(base={"momentun": 0.5}),
         [],

@@ -20,6 +20,20 @@ from typing import Any, ClassVar, Protocol
 # Hyp keys that describe the freeze strategy rather than the optimiser or augmentation.
 FREEZE_KEYS = ("freeze", "lr_decay", "unfreeze_epoch")
 
+_INF = float("inf")
+# Inclusive bounds of the YOLO hyp keys every adapter reads with YOLO's meaning, outside which
+# a value is no setting at all (a probability above 1, a negative learning rate), whatever the
+# model; an adapter's limits() add the ones that depend on its settings (freeze).
+HYP_BOUNDS: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(("lr0", "lrf", "weight_decay", "warmup_epochs", "warmup_bias_lr",
+                     "degrees", "shear", "perspective", "lr_decay"), (0.0, _INF)),
+    # SGD momentum and Adam's beta1 (YOLO passes momentum as beta1)
+    **dict.fromkeys(("momentum", "warmup_momentum"), (0.0, 1.0)),
+    # probabilities, and gains that are fractions of the image or of the HSV range
+    **dict.fromkeys(("hsv_h", "hsv_s", "hsv_v", "translate", "scale", "flipud", "fliplr",
+                     "mosaic", "mixup", "copy_paste", "label_smoothing"), (0.0, 1.0)),
+}
+
 
 class Reporter(Protocol):
     """Receives per-epoch metrics; may raise :class:`Pruned` to stop the trial."""

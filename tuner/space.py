@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from trainer.base import Adapter, ConfigError, adapter_names, get_adapter
+from trainer.base import HYP_BOUNDS, Adapter, ConfigError, adapter_names, get_adapter
 from trainer.yaml_io import parse_yaml, yaml_problem
 from tuner.errors import InputError
 
@@ -524,6 +524,20 @@ def _check_base_keys(ctx: _Ctx, base: Mapping[str, Any], adapter: Adapter, name:
             )
 
 
+def _check_base_values(
+    ctx: _Ctx, base: Mapping[str, Any], limits: Mapping[str, tuple[float, float]]
+) -> None:
+    """A base value outside its key's valid range would train the baseline (and every trial
+    that does not search the key) on a setting that means nothing."""
+    for key, value in base.items():
+        limit = limits.get(key)
+        if limit is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        lo, hi = limit
+        if not lo <= value <= hi:
+            raise ctx.error(f"base.{key}", f"{value} is outside the valid range [{lo}, {hi}]")
+
+
 Override = str | tuple[str, Any] | tuple[str, Any, str]
 # fields whose short form is a name alone (`sampler: gp` for `sampler: {name: gp}`)
 _SHORT_FORMS = frozenset({"search.sampler", "search.pruner"})
@@ -653,6 +667,7 @@ def load_space(
     base, base_file = _parse_base(ctx, raw.get("base"), path.parent)
     if base_file is None:
         _check_base_keys(ctx, base, adapter, name)
+    _check_base_values(ctx, base, {**HYP_BOUNDS, **adapter.limits()})
     search = _parse_search(ctx, raw.get("search"), objective.is_multi)
     if search.confirm.top_k:
         problem = confirm_problem(objective.is_multi, adapter, name)
@@ -675,7 +690,7 @@ def load_space(
                 f"adapter {name!r} cannot tune this key; "
                 f"it supports {', '.join(sorted(supported))}",
             )
-        _check_limits(ctx, spec, limits.get(key))
+        _check_limits(ctx, spec, limits.get(key, HYP_BOUNDS.get(key)))
         space[key] = spec
     if search.confirm.epochs is not None:
         _check_confirm_length(ctx, search.confirm.epochs, adapter_cls, trainer_raw, cache_dir,
