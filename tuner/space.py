@@ -530,12 +530,7 @@ def _check_base_values(
     """A base value outside its key's valid range would train the baseline (and every trial
     that does not search the key) on a setting that means nothing."""
     for key, value in base.items():
-        limit = limits.get(key)
-        if limit is None or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        lo, hi = limit
-        if not lo <= value <= hi:
-            raise ctx.error(f"base.{key}", f"{value} is outside the valid range [{lo}, {hi}]")
+        _check_in_range(ctx, f"base.{key}", value, limits.get(key))
 
 
 Override = str | tuple[str, Any] | tuple[str, Any, str]
@@ -667,7 +662,9 @@ def load_space(
     base, base_file = _parse_base(ctx, raw.get("base"), path.parent)
     if base_file is None:
         _check_base_keys(ctx, base, adapter, name)
-    _check_base_values(ctx, base, {**HYP_BOUNDS, **adapter.limits()})
+    # the keys' own valid ranges, and the adapter's that depend on its settings (freeze)
+    limits = {**HYP_BOUNDS, **adapter.limits()}
+    _check_base_values(ctx, base, limits)
     search = _parse_search(ctx, raw.get("search"), objective.is_multi)
     if search.confirm.top_k:
         problem = confirm_problem(objective.is_multi, adapter, name)
@@ -680,7 +677,6 @@ def load_space(
     if not space_raw:
         raise ctx.error("space", "must name at least one parameter to search")
     supported = set(getattr(adapter, "supported_keys", ()))
-    limits = adapter.limits()
     space: dict[str, ParamSpec] = {}
     for key, spec_raw in space_raw.items():
         spec = _parse_param(ctx, key, spec_raw)
@@ -690,7 +686,7 @@ def load_space(
                 f"adapter {name!r} cannot tune this key; "
                 f"it supports {', '.join(sorted(supported))}",
             )
-        _check_limits(ctx, spec, limits.get(key, HYP_BOUNDS.get(key)))
+        _check_limits(ctx, spec, limits.get(key))
         space[key] = spec
     if search.confirm.epochs is not None:
         _check_confirm_length(ctx, search.confirm.epochs, adapter_cls, trainer_raw, cache_dir,
@@ -756,15 +752,20 @@ def _extremes(spec: ParamSpec) -> tuple[Any, ...]:
 
 
 def _check_limits(ctx: _Ctx, spec: ParamSpec, limit: tuple[float, float] | None) -> None:
-    if limit is None:
+    for value in _extremes(spec):
+        _check_in_range(ctx, f"space.{spec.name}", value, limit)
+
+
+def _check_in_range(
+    ctx: _Ctx, field_name: str, value: Any, limit: tuple[float, float] | None
+) -> None:
+    """A number outside the inclusive ``limit`` is an error of ``field_name``; other values
+    (strings, booleans, no limit) are not checked here."""
+    if limit is None or isinstance(value, bool) or not isinstance(value, int | float):
         return
     lo, hi = limit
-    for value in _extremes(spec):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not lo <= value <= hi:
-                raise ctx.error(
-                    f"space.{spec.name}", f"{value} is outside the valid range [{lo}, {hi}]"
-                )
+    if not lo <= value <= hi:
+        raise ctx.error(field_name, f"{value} is outside the valid range [{lo}, {hi}]")
 
 
 def _check_baseline(ctx: _Ctx, config: StudyConfig, adapter: Adapter) -> None:
