@@ -112,7 +112,7 @@ class CurveAdapter(Adapter):
             if s.sleep:
                 time.sleep(s.sleep)
             if s.fail_above_lr0 is not None and hyp["lr0"] > s.fail_above_lr0:
-                raise DivergedError(f"non-finite loss at epoch {epoch}", result)
+                raise DivergedError(f"non-finite loss at epoch {epoch + 1}", result)
             acc = q * (1 - math.exp(-(epoch + 1)))
             if s.collapse_above_lr0 is not None and hyp["lr0"] > s.collapse_above_lr0:
                 acc *= 0.5 ** max(0, epoch - 2)

@@ -86,6 +86,14 @@ def test_record_round_trips_through_json_and_ranks_by_fresh_mean():
                                 "reasons": {}})
     assert cf.best_confirmed(clean) == 7
     assert back.mean(4) == pytest.approx(0.40)
+    # gains compare the seeds both ran: trial 7 on seed 1 only (0.35 against 0.6), not its
+    # one-seed mean against the baseline's two-seed mean (0.61)
+    assert back.gain(4) == pytest.approx(0.61 - 0.40)
+    assert back.gain(7) == pytest.approx(0.6 - 0.35)
+    assert back.gain(0) is None  # the baseline itself
+    lost = cf.ConfirmRecord(**{**back.__dict__, "runs": {**back.runs, 0: {1: None, 2: 0.62}}})
+    assert lost.gain(7) is None  # no seed in common
+    assert lost.gain(4) == pytest.approx(0.62 - 0.50)
     text = "\n".join(cf.summary_lines(back))
     assert "baseline" in text and "picked" in text and "1 failed" in text
 
@@ -214,6 +222,14 @@ def test_confirm_command_bad_input(workdir, capsys):
     code = main(["export", "--storage", URL, "--pick", "confirmed", "--out", "x.yaml"])
     assert code == 2
     assert "has not been confirmed; run `tuner confirm --space SPACE`" in capsys.readouterr().err
+    # fresh-seed runs under other trainer settings would rank trials by something else
+    # (its length may change: that is --epochs)
+    assert main(["confirm", "--space", "c.yaml", "--set", "trainer.noise=0.5"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tuner: error: --set: trainer.noise: study 'c' ran its trials with 0.3, not 0.5; their "
+        "values would not compare: confirm with the settings the study was searched with"
+    )
+    assert cf.load_record(load()) is None  # nothing trained
     # an adapter with no seed to vary: nothing to confirm with, said before anything trains
     (workdir / "n.yaml").write_text(SPACE.replace("adapter: curve,", "adapter: curve-noseed,"))
     assert main(["confirm", "--space", "n.yaml"]) == 2

@@ -133,9 +133,9 @@ def test_diverged_trials_are_pruned_with_their_reason(workdir, capsys):
         assert (trial in diverged) == (trial.params["lr0"] > 0.01)
     for trial in diverged:
         assert trial.state == PRUNED
-        assert trial.user_attrs["fail_reason"] == "diverged: non-finite loss at epoch 0"
+        assert trial.user_attrs["fail_reason"] == "diverged: non-finite loss at epoch 1"
         assert trial.user_attrs["epochs_run"] == 0
-        assert f"{trial.number:>5}  diverged: non-finite loss at epoch 0" in status
+        assert f"{trial.number:>5}  diverged: non-finite loss at epoch 1" in status
     assert f"diverged ({len(diverged)}, counted as pruned):" in status
     assert "failed:" not in status
 

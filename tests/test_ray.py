@@ -91,7 +91,7 @@ def test_ray_trials_land_in_the_study_with_states_and_attrs(local_ray, workdir, 
         assert diverged == (trial.params["lr0"] > 0.08)
         if diverged:
             assert trial.state == TrialState.PRUNED
-            assert trial.user_attrs["fail_reason"] == "diverged: non-finite loss at epoch 0"
+            assert trial.user_attrs["fail_reason"] == "diverged: non-finite loss at epoch 1"
     # actors are reused: at most --concurrency worker processes ran the trials (a pruned trial
     # stops its actor's function, not the actor), so each decodes its data once
     complete = study.get_trials(states=(TrialState.COMPLETE,))

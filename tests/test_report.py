@@ -313,19 +313,28 @@ def test_summary_numbers_exact():
         intermediate={0: 0.1, 1: 0.2, 2: 0.25})
     # pruned after 1 epoch, no time recorded: 9 epochs at the study's mean 1.5 s/epoch
     add(study, TrialState.PRUNED, freeze=2, epochs_run=1, intermediate={0: 0.1})
+    # a diverged trial is stored as PRUNED, but the pruner did not stop it: nothing saved
+    add(study, TrialState.PRUNED, freeze=4, epochs_run=2, train_seconds=2.0, diverged=True,
+        intermediate={0: 0.1, 1: 0.1})
     # failed trials cost time but pruning saved nothing there
     add(study, TrialState.FAIL, freeze=5, epochs_run=2, train_seconds=2.0,
         fail_reason="non-finite loss")
     s = build_summary(study.trials, study_info(study))
-    assert s.by_state == {"COMPLETE": 2, "FAIL": 1, "PRUNED": 2}
+    assert s.by_state == {"COMPLETE": 2, "FAIL": 1, "PRUNED": 3}
     assert (s.best.number, s.baseline.number) == (1, 0)
     assert s.gain == pytest.approx(0.3)
-    assert s.n_epochs_run == 10 + 10 + 3 + 1 + 2
-    assert s.train_seconds == pytest.approx(38.0) and s.wall_seconds == pytest.approx(32.0)
-    assert (s.n_pruned, s.n_epochs_full, s.n_epochs_saved) == (2, 40, 16)
-    assert s.saved_fraction == pytest.approx(0.4)
-    assert s.seconds_saved == pytest.approx(14.0 + 9 * 1.5)  # rates 2, 1, 2, 1 s/epoch
+    assert s.n_epochs_run == 10 + 10 + 3 + 1 + 2 + 2
+    assert s.train_seconds == pytest.approx(40.0) and s.wall_seconds == pytest.approx(32.0)
+    assert (s.n_pruned, s.n_diverged, s.n_epochs_full, s.n_epochs_saved) == (2, 1, 50, 16)
+    assert s.saved_fraction == pytest.approx(0.32)
+    assert s.seconds_saved == pytest.approx(14.0 + 9 * 1.4)  # rates 2, 1, 2, 1, 1 s/epoch
     assert s.knee is None
+    from tuner.report.render import summary_rows
+
+    rows = dict(summary_rows(s))
+    # one count of pruned trials per row: the pruner's 2, and the diverged one named apart
+    assert rows["trials"] == "6: complete 2, fail 1, pruned 3 (1 of them diverged)"
+    assert "not run by 2 pruned trials" in rows["saved by pruning"]
 
 
 def test_max_epochs_falls_back_to_the_longest_trial():

@@ -198,10 +198,13 @@ def test_a_confirmation_length_must_fit_the_searched_schedule(write_space):
         load_space(write_space(TV_UNFREEZE.replace("epochs: 18", "epochs: 3")))
     assert str(info.value).endswith(
         "search.confirm.epochs: 3 epochs cannot train space.unfreeze_epoch = 4 (valid at that "
-        "length: [0, 3]); confirm at least as long as that"
+        "length: [0, 2]); confirm at least as long as that"
     )
+    # as long as unfreeze_epoch is not enough: that run would never unfreeze either
+    with pytest.raises(InputError, match=r"4 epochs cannot train space.unfreeze_epoch = 4 "):
+        load_space(write_space(TV_UNFREEZE.replace("epochs: 18", "epochs: 4")))
     # the baseline's value counts too, searched or not
     text = TV_UNFREEZE.replace("unfreeze_epoch: 0}", "unfreeze_epoch: 5}").replace(
         "  unfreeze_epoch: {type: int, low: 0, high: 4}\n", "")
-    with pytest.raises(InputError, match=r"4 epochs cannot train base.unfreeze_epoch = 5"):
-        load_space(write_space(text.replace("epochs: 18", "epochs: 4")))
+    with pytest.raises(InputError, match=r"5 epochs cannot train base.unfreeze_epoch = 5"):
+        load_space(write_space(text.replace("epochs: 18", "epochs: 5")))

@@ -62,6 +62,38 @@ def test_study_prunes_and_beats_baseline(tmp_path):
     assert len(best.intermediate_values) == 5
 
 
+def test_neither_a_trials_last_epoch_nor_the_baseline_is_pruned():
+    """A real median pruner that would stop the trial: not at its last epoch (it trained every
+    epoch, so it is complete), and never the baseline (every comparison needs it)."""
+    from trainer.base import Pruned
+    from tuner.objective import OptunaReporter
+
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(0, n_warmup_steps=2)
+    )
+    good = study.ask()
+    for step in range(4):
+        good.report(0.9, step)
+    study.tell(good, 0.9)
+
+    def outcome(**kwargs) -> str:
+        reporter = OptunaReporter(study.ask(), "acc", prune=True, **kwargs)
+        try:
+            for epoch in range(kwargs.get("n_epochs") or 4):
+                reporter.report(epoch, {"acc": 0.1})
+        except Pruned as exc:
+            return f"pruned at epoch {exc.epoch}"
+        return "ran to the end"
+
+    # steps 0 and 1 are warm-up; step 2 is below the median
+    assert outcome(n_epochs=4) == "pruned at epoch 2"
+    assert outcome(n_epochs=3) == "ran to the end"  # step 2 is its last epoch
+    assert outcome() == "pruned at epoch 2"  # a trial of unknown length
+    assert outcome(n_epochs=4, exempt=True) == "ran to the end"
+    # the exempt trial still reported every epoch, for the pruner's view of the others
+    assert sorted(study.trials[-1].intermediate_values) == [0, 1, 2, 3]
+
+
 def test_a_failed_baseline_is_queued_again_on_resume(tmp_path):
     """A Ctrl-C (or a lost worker) during the baseline must not leave the study without one."""
     path = tmp_path / "space.yaml"

@@ -59,7 +59,7 @@ class Pruned(Exception):  # noqa: N818 - it is a signal, not an error
     """
 
     def __init__(self, epoch: int, message: str = "") -> None:
-        super().__init__(message or f"pruned after epoch {epoch}")
+        super().__init__(message or f"pruned after epoch {epoch + 1}")  # 1-based, as printed
         self.epoch = epoch
         self.result: TrialResult | None = None
 
@@ -103,7 +103,8 @@ class TrialResult:
         history: Per-epoch metrics, in order.
         epochs_run: Epochs that finished (a pruned trial has fewer than asked).
         train_seconds: Wall time spent in training and validation, excluding set-up.
-        peak_memory_mb: Peak CUDA memory allocated, or peak process RSS on CPU.
+        peak_memory_mb: Peak CUDA memory allocated, or peak process RSS on CPU (the built-in
+            trainer leaves out features that other trials cached and this one did not use).
         n_params_trainable: Parameters that received gradients at the start of training.
         n_params_frozen: Parameters frozen at the start of training.
         extra: Adapter-specific facts (run directory, log tail...), JSON-serialisable.

@@ -378,7 +378,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from tuner import study as st
     from tuner.confirm import DEFAULT_TOP_K
     from tuner.export import export
-    from tuner.space import confirm_problem
+    from tuner.space import EPOCHS_SETTING, confirm_problem
 
     st.quiet_optuna()
     if args.top_k is not None and args.top_k < 1:
@@ -396,6 +396,14 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     args.storage = storage_url
     study = _open_study(args)
     st.check_objective(study, config, hint="confirm it with the space it was searched with")
+    # fresh-seed runs under other settings (data, weights, length...) would rank trials by
+    # something they were not searched with, and mix with runs a confirmation kept
+    # (its length may change: `--set trainer.epochs=E` is `--epochs E`; and the seed: fresh
+    # seeds follow the study's own, read from its saved config)
+    seed = type(adapter).seed_setting
+    st.check_settings(study, config, config.to_dict(adapter),
+                      hint="confirm with the settings the study was searched with",
+                      may_differ=frozenset({EPOCHS_SETTING, *([seed] if seed else [])}))
     top_k = config.search.confirm.top_k or DEFAULT_TOP_K
     command = "tuner " + shlex.join(args.argv)
     lock = st.slot_lock(storage_url, st._storage_of(study), config.study)

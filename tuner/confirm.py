@@ -116,13 +116,23 @@ class ConfirmRecord:
     def gain(self, number: int) -> float | None:
         """Trial ``number``'s fresh mean over the baseline's on the same seeds (positive is
         better, :func:`tuner.study.gain`); None without a baseline, for the baseline itself,
-        or when either has no successful run."""
+        or when no seed has a successful run of both.
+
+        Only the seeds where both runs succeeded count: a seed is a shared draw of data order,
+        initialisation and augmentation, so means over different seed sets would compare the
+        draws as much as the hyps.
+        """
         if self.baseline is None or number == self.baseline:
             return None
-        mean, base_mean = self.mean(number), self.mean(self.baseline)
-        if mean is None or base_mean is None:
+        mine, base = self.runs.get(number, {}), self.runs.get(self.baseline, {})
+        shared = [s for s in self.seeds if mine.get(s) is not None and base.get(s) is not None]
+        if not shared:
             return None
-        return study_gain(mean, base_mean, self.direction)
+        return study_gain(
+            statistics.fmean(mine[s] for s in shared),
+            statistics.fmean(base[s] for s in shared),
+            self.direction,
+        )
 
     @property
     def n_runs(self) -> int:

@@ -60,7 +60,7 @@ def checked_metric(metric: str, epoch: int, metrics: Mapping[str, float]) -> flo
         raise TrialError(f"metric {metric!r} was not reported; got {', '.join(sorted(metrics))}")
     value = float(metrics[metric])
     if not math.isfinite(value):
-        raise DivergedError(f"{metric} is {value} at epoch {epoch}")
+        raise DivergedError(f"{metric} is {value} at epoch {epoch + 1}")
     return value
 
 
@@ -89,15 +89,33 @@ class OptunaReporter(TimedReporter):
 
     ``prune`` is False for multi-objective studies, which Optuna can neither prune nor store
     intermediate values for.
+
+    Args:
+        trial: The running trial.
+        metric: The objective metric.
+        prune: Report intermediate values and ask the pruner.
+        on_epoch: Progress hook ``(trial number, epoch, metrics)``.
+        n_epochs: The trial's length, when known: its last epoch is never pruned (it trained
+            every epoch, so it is complete; pruning it would save nothing and drop it from the
+            ranking, while the Ray backend records such a trial as complete).
+        exempt: Report but never prune (the baseline, which every comparison needs complete).
     """
 
     def __init__(
-        self, trial: optuna.Trial, metric: str, prune: bool, on_epoch: EpochHook | None = None
+        self,
+        trial: optuna.Trial,
+        metric: str,
+        prune: bool,
+        on_epoch: EpochHook | None = None,
+        n_epochs: int | None = None,
+        exempt: bool = False,
     ) -> None:
         self.trial = trial
         self.metric = metric
         self.prune = prune
         self.on_epoch = on_epoch
+        self.n_epochs = n_epochs
+        self.exempt = exempt
 
     def _report(self, epoch: int, metrics: Mapping[str, float]) -> None:
         value = checked_metric(self.metric, epoch, metrics)
@@ -107,7 +125,8 @@ class OptunaReporter(TimedReporter):
             self.trial.report(value, epoch)
         if self.on_epoch is not None:
             self.on_epoch(self.trial.number, epoch, metrics)
-        if self.prune and self.trial.should_prune():
+        last = self.n_epochs is not None and epoch + 1 >= self.n_epochs
+        if self.prune and not self.exempt and not last and self.trial.should_prune():
             raise Pruned(epoch)
 
 
@@ -209,6 +228,8 @@ class Objective:
         self.base_hyp = dict(base_hyp)
         self.out_dir = out_dir
         self.on_epoch = on_epoch
+        epochs = adapter.settings_dict().get("epochs")
+        self.n_epochs = epochs if isinstance(epochs, int) and epochs > 0 else None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         try:
@@ -238,7 +259,15 @@ class Objective:
         set_user_attrs(trial, {"hyp": hyp, "hyp_path": str(hyp_path)})
         objective = self.config.objective
         reporter = OptunaReporter(
-            trial, objective.primary.metric, prune=not objective.is_multi, on_epoch=self.on_epoch
+            trial,
+            objective.primary.metric,
+            prune=not objective.is_multi,
+            on_epoch=self.on_epoch,
+            n_epochs=self.n_epochs,
+            # the baseline is the yardstick of the report, the confirmation and the export:
+            # pruned, it would be lost (a pruned trial is not re-queued), and under several
+            # workers it is the slowest trial (nothing frozen), easily cut by faster ones
+            exempt=bool(trial.user_attrs.get("baseline")),
         )
         started = time.perf_counter()
         try:

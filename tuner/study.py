@@ -437,7 +437,11 @@ def create_or_load(
 
 
 def check_settings(
-    study: optuna.Study, config: StudyConfig, resolved: Mapping[str, Any]
+    study: optuna.Study,
+    config: StudyConfig,
+    resolved: Mapping[str, Any],
+    hint: str = "keep the setting or pick another --study name",
+    may_differ: frozenset[str] = frozenset(),
 ) -> None:
     """A resumed study must train as its trials did: same trainer settings and base hyps.
 
@@ -454,6 +458,9 @@ def check_settings(
         study: The stored study, with the resolved config of its first run.
         config: The space of this run.
         resolved: Its resolved config (:meth:`StudyConfig.to_dict`).
+        hint: What the message tells the user to do.
+        may_differ: Trainer settings this caller may change besides the runtime ones (a
+            confirmation's length).
 
     Raises:
         InputError: A trainer setting or base hyp differs, naming the first one.
@@ -462,7 +469,7 @@ def check_settings(
     if not isinstance(stored, Mapping):
         return
     now = json.loads(json.dumps(dict(resolved), default=str))  # as the attr stored it
-    runtime = get_adapter(config.trainer.adapter).runtime_settings
+    runtime = get_adapter(config.trainer.adapter).runtime_settings | may_differ
     for section, skip in (("trainer", runtime), ("base", frozenset(config.space))):
         had, has = stored.get(section), now.get(section)
         if not isinstance(had, Mapping) or not isinstance(has, Mapping):
@@ -473,7 +480,7 @@ def check_settings(
             raise config.error(
                 f"{section}.{key}",
                 f"study {study.study_name!r} ran its trials with {old!r}, not {new!r}; "
-                "their values would not compare: keep the setting or pick another --study name",
+                f"their values would not compare: {hint}",
             )
 
 

@@ -90,7 +90,7 @@ def test_missing_data_directory(make_adapter, tmp_path):
 
 def test_limits_and_describe(make_adapter):
     adapter = make_adapter(epochs=4)
-    assert adapter.limits() == {"freeze": (0, 5), "unfreeze_epoch": (0, 4)}
+    assert adapter.limits() == {"freeze": (0, 5), "unfreeze_epoch": (0, 3)}  # 4 never unfreezes
     text = adapter.describe()
     assert "freeze=N freezes blocks 0..N-1" in text
     assert "0: stem" in text and "5: head" in text
@@ -120,6 +120,16 @@ def test_non_finite_loss_is_a_trial_error_with_result(make_adapter, tmp_path):
         make_adapter().run({"lr0": 1e6, "warmup_epochs": 0.0}, RecordingReporter(), tmp_path)
     assert info.value.result is not None
     assert info.value.result.n_params_trainable
+
+
+def test_weights_broken_by_an_epochs_last_step_are_caught_at_validation(make_adapter, tmp_path):
+    """One step whose loss was finite leaves infinite weights: the NaN logits would still give
+    an accuracy (argmax picks class 0), so the epoch must not be scored."""
+    adapter = make_adapter(epochs=1, max_batches_per_epoch=1)
+    hyp = {**FAST_HYP, "lr0": 1e38, "warmup_epochs": 0.0}
+    with pytest.raises(DivergedError, match=r"^non-finite val/loss at epoch 1 ") as info:
+        adapter.run(hyp, RecordingReporter(), tmp_path)
+    assert info.value.result is not None and info.value.result.epochs_run == 0
 
 
 def test_same_hyp_same_result_and_no_second_decode(make_adapter, tmp_path):

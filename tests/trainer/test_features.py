@@ -69,6 +69,29 @@ def test_features_are_computed_once_and_shared_by_trials(make_adapter, tmp_path)
     assert store.n_computed == 4
 
 
+def test_peak_memory_leaves_out_what_other_trials_cached(make_adapter, tmp_path, monkeypatch):
+    """A trial's peak is its own: features earlier trials left in the store, which it did not
+    use, are the process's memory, not this trial's."""
+    import contextlib
+
+    from trainer.torchvision import loop
+
+    @contextlib.contextmanager
+    def fixed_peak(device):
+        yield lambda: 1000.0  # the process's peak, as the sampler would measure it
+
+    monkeypatch.setattr(loop, "_peak_memory", fixed_peak)
+    adapter = make_adapter()
+    store = features.store()
+    assert run(adapter, tmp_path, "a", freeze=4).peak_memory_mb == 1000.0
+    held = store.memory_bytes() / 2**20
+    assert held > 0
+    # nothing frozen: the cached features of trial a are not this trial's
+    assert run(adapter, tmp_path, "b", freeze=0).peak_memory_mb == round(1000.0 - held, 1)
+    # the same prefix again: it uses them (alone it would have computed them), so they count
+    assert run(adapter, tmp_path, "c", freeze=4).peak_memory_mb == 1000.0
+
+
 def test_cache_only_where_exact(make_adapter, tmp_path):
     # augmentation on: the training images differ every epoch, validation ones do not
     assert run(make_adapter(), tmp_path, "aug", freeze=4, fliplr=0.5).extra[

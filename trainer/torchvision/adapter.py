@@ -73,10 +73,12 @@ class TorchvisionAdapter(Adapter):
         return count_blocks(self.settings.model)
 
     def limits(self) -> dict[str, tuple[float, float]]:
-        """``freeze`` up to the block before the head; ``unfreeze_epoch`` up to ``epochs``."""
+        """``freeze`` up to the block before the head; ``unfreeze_epoch`` up to ``epochs - 1``
+        (the last epoch that can still train unfrozen: ``epochs`` itself would never unfreeze,
+        the same schedule as 0)."""
         return {
             "freeze": (0, self.n_blocks() - 1),
-            "unfreeze_epoch": (0, self.settings.epochs),
+            "unfreeze_epoch": (0, self.settings.epochs - 1),
         }
 
     def check_data(self) -> None:

@@ -1,8 +1,9 @@
 """Batch-wise training augmentation on tensors, driven by YOLOv5 hyp keys.
 
 Works on whatever device the batch lives on. Random draws come from a seeded CPU generator
-(the numbers are tiny: a few per image), so a run is reproducible on CPU and GPU alike and the
-data order, drawn from another generator, does not depend on the augmentation settings.
+(the numbers are tiny: a few per image), so the draws are the same on CPU and GPU (the GPU's
+own kernels need not be deterministic) and the data order, drawn from another generator, does
+not depend on the augmentation settings. An operation draws only while its keys are not 0.
 
 Every operation is skipped, an exact no-op, when its keys are 0. Validation data is never
 augmented.

@@ -213,6 +213,11 @@ class FeatureStore:
         """Bytes of features held in memory now."""
         return sum(entry.nbytes for entry in self._entries.values())
 
+    def resident(self) -> dict[int, int]:
+        """``id(entry) -> bytes`` of the entries held in memory now."""
+        with self._lock:
+            return {id(e): e.nbytes for e in self._entries.values() if e.nbytes}
+
     def clear(self) -> None:
         """Forget every entry, reset the counters and delete the spilled files."""
         with self._lock:

@@ -1,9 +1,12 @@
 """The epoch loop: train with warmup and schedule, evaluate, report, record.
 
 :func:`train` is shared by trials and by source-task pretraining. It seeds torch at the start,
-so every trial sees the same data order and augmentation draws and differences between trials
-come from their hyps. After each epoch it reports ``val/acc`` (top-1 fraction), ``val/loss``,
-``train/loss`` and ``lr`` (the head's) and appends a row to ``results.csv``.
+so every trial sees the same data order and head initialisation, and trials with the same
+augmentation operations switched on the same augmentation draws (an operation draws only while
+its keys are not 0, so switching one on or off moves the later draws): the rest of the
+difference between trials comes from their hyps. After each epoch it reports ``val/acc``
+(top-1 fraction), ``val/loss``, ``train/loss`` and ``lr`` (the head's) and appends a row to
+``results.csv``.
 
 With ``feature_cache`` on, epochs with frozen blocks run the trainable blocks on the frozen
 prefix's cached outputs (:mod:`.features`) wherever that is exact: validation always, training
@@ -122,7 +125,12 @@ def train(
     csv_path = trial_dir / "results.csv" if trial_dir is not None else None
     cache = _Cache(model, train_set, val_set, config)
 
-    with _peak_memory(device) as peak:
+    with _peak_memory(device) as measured:
+
+        def peak() -> float | None:
+            mb = measured()
+            return None if mb is None else round(max(0.0, mb - cache.foreign_mb()), 1)
+
         start = time.perf_counter()
         try:
             for epoch in range(config.epochs):
@@ -150,6 +158,12 @@ def train(
                     acc, loss = evaluate(
                         model, val_set, device, config.batch, cache.val(n_frozen)
                     )
+                    if not math.isfinite(loss):
+                        # the epoch's last steps broke the weights: NaN logits still give an
+                        # accuracy (argmax picks class 0), which must not score the trial
+                        raise DivergedError(
+                            f"non-finite val/loss at epoch {epoch + 1} ({loss})", result
+                        )
                     metrics = {"val/acc": acc, "val/loss": loss, **metrics}
                 result.train_seconds = time.perf_counter() - start
                 result.add_epoch(metrics)
@@ -194,6 +208,9 @@ class _Cache:
         self.store = config.features or store()
         self.digests: dict[int, str] = {}
         self.used: set[str] = set()
+        # what earlier runs left in the store: part of the process's memory, not this run's
+        self.held_before = self.store.resident()
+        self.taken: set[int] = set()
 
     def _usable(self, n_frozen: int) -> bool:
         # frozen BatchNorm in train mode moves its statistics every batch: nothing is fixed
@@ -204,7 +221,7 @@ class _Cache:
             # the prefix does not change while it stays frozen: hash it once per run
             self.digests[n_frozen] = prefix_digest(self.model, n_frozen)
         device, batch = self.config.device, self.config.batch * 2
-        return self.store.get(
+        features = self.store.get(
             self.model,
             n_frozen,
             data.images,
@@ -214,6 +231,17 @@ class _Cache:
             ),
             digest=self.digests[n_frozen],
         )
+        self.taken.add(id(features))
+        return features
+
+    def foreign_mb(self) -> float:
+        """MB of features other runs left in memory that this run did not use.
+
+        They count in the process's RSS (and, on a GPU, in its allocated memory) but are not
+        this run's: a ``freeze: 0`` trial after frozen ones would report their features as its
+        own peak. A feature set this run reused stays counted: alone it would have computed it.
+        """
+        return sum(n for key, n in self.held_before.items() if key not in self.taken) / 2**20
 
     def train(self, n_frozen: int, augmented: bool) -> Features | None:
         """Cached training features for this epoch, or None to run the full model."""
@@ -337,7 +365,7 @@ def _train_epoch(
         value = loss.item()
         if not math.isfinite(value):
             raise DivergedError(
-                f"non-finite loss at epoch {epoch} batch {batch} ({value})", result
+                f"non-finite loss at epoch {epoch + 1} batch {batch + 1} ({value})", result
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -802,7 +802,9 @@ class Summary:
         n_epochs_run: Epochs trained by all trials (failed ones included).
         train_seconds: Train seconds of all trials.
         wall_seconds: Wall seconds of all trials (set-up included).
-        n_pruned: Pruned trials.
+        n_pruned: Trials the pruner stopped.
+        n_diverged: Trials stopped by a non-finite metric or loss (stored as PRUNED, so
+            ``by_state`` counts them with ``n_pruned``).
         n_epochs_full: Epochs the complete and pruned trials would have run to the end.
         n_epochs_saved: Epochs the pruned trials did not run.
         seconds_saved: Estimate of the seconds those epochs would have taken (each pruned trial
@@ -820,6 +822,7 @@ class Summary:
     train_seconds: float
     wall_seconds: float
     n_pruned: int
+    n_diverged: int
     n_epochs_full: int
     n_epochs_saved: int
     seconds_saved: float | None
@@ -897,6 +900,9 @@ def build_summary(trials: Sequence[FrozenTrial], info: StudyInfo) -> Summary:
         train_seconds=sum(attr(t, "train_seconds") for t in trials),
         wall_seconds=sum(attr(t, "wall_seconds") for t in trials),
         n_pruned=len(pruned),
+        n_diverged=sum(
+            1 for t in trials if t.state == TrialState.PRUNED and t.user_attrs.get("diverged")
+        ),
         n_epochs_full=n_full,
         n_epochs_saved=n_saved,
         seconds_saved=seconds_saved if mean_rate is not None else None,

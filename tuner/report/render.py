@@ -387,7 +387,11 @@ def summary_rows(summary: Summary, importances_note: str = "") -> list[tuple[str
     """(header, HTML cell) rows of the summary table."""
     info = summary.info
     objective = ", ".join(f"{m} ({d})" for m, d in zip(info.metrics, info.directions))
-    states = ", ".join(f"{s.lower()} {n}" for s, n in summary.by_state.items()) or "none"
+    states = ", ".join(
+        f"{s.lower()} {n}" + (f" ({summary.n_diverged} of them diverged)"
+                              if s == "PRUNED" and summary.n_diverged else "")
+        for s, n in summary.by_state.items()
+    ) or "none"
     rows = [
         ("study", html.escape(info.name)),
         ("objective", html.escape(objective)),
