@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -24,6 +25,9 @@ class CurveSettings:
     fail_above_lr0: float | None = None  # lr0 above this raises DivergedError (NaN loss)
     crash_above_lr0: float | None = None  # lr0 above this raises RuntimeError (a bug)
     oom_above_lr0: float | None = None  # lr0 above this raises torch.cuda.OutOfMemoryError
+    # a trial with exactly this lr0 ends its process at once (a segfault, the OOM killer): only
+    # for a Ray worker, the optuna backend would lose the test process itself
+    exit_at_lr0: float | None = None
     data: str | None = None
     seed: int = 0
     noise: float = 0.0  # a seed-dependent offset in [-noise, noise], fixed per (seed, hyp)
@@ -100,6 +104,8 @@ class CurveAdapter(Adapter):
             peak_memory_mb=1.0,
         )
         s = self.settings
+        if s.exit_at_lr0 is not None and hyp["lr0"] == s.exit_at_lr0:
+            os._exit(3)
         if s.crash_above_lr0 is not None and hyp["lr0"] > s.crash_above_lr0:
             raise RuntimeError("simulated crash in the training code")
         if s.oom_above_lr0 is not None and hyp["lr0"] > s.oom_above_lr0:

@@ -43,6 +43,7 @@ def test_search_writes_best_hyp_and_resolved_config(space, workdir, capsys):
         "fail_above_lr0": None,
         "crash_above_lr0": None,
         "oom_above_lr0": None,
+        "exit_at_lr0": None,
         "data": None,
         "seed": 0,
         "noise": 0.0,

@@ -140,3 +140,176 @@ def test_ray_timeout_starts_no_new_trial_and_lets_running_ones_finish(local_ray,
     ]
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         assert trial.user_attrs["epochs_run"] == 4
+
+
+# -- the schedulers, fed by hand: what Ray calls, in Ray's order ------------------------------
+
+
+class FakeTrial:
+    """What the schedulers read of a Ray trial: its id and config (hashed by identity)."""
+
+    def __init__(self, trial_id: str, baseline: bool = False) -> None:
+        from tuner.backends.ray import BASELINE_KEY
+
+        self.trial_id = trial_id
+        self.config = {"lr0": 0.01, BASELINE_KEY: True} if baseline else {"lr0": 0.01}
+
+
+class FakeController:
+    """A Tune controller with a trial waiting for resources (Ray's median rule would yield)."""
+
+    def get_live_trials(self):
+        from ray.tune.experiment import Trial
+
+        waiting = FakeTrial("waiting")
+        waiting.status = Trial.PENDING
+        return [waiting]
+
+
+def epoch(t, acc):
+    from tuner.backends.ray import EPOCH_KEY
+
+    return {EPOCH_KEY: t, "val/acc": acc, "training_iteration": t}
+
+
+def summary():
+    from tuner.backends.ray import SUMMARY_KEY
+
+    return {SUMMARY_KEY: '{"state": "COMPLETE"}', "training_iteration": 5}
+
+
+def test_median_rule_ignores_summaries_never_stops_the_baseline_and_never_pauses():
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.backends.ray import EPOCH_KEY, MedianRule
+
+    rule = MedianRule(time_attr=EPOCH_KEY, metric="val/acc", mode="max", grace_period=1,
+                      min_samples_required=1)
+    ctl = FakeController()
+    good, bad, base, other = (FakeTrial("good"), FakeTrial("bad"), FakeTrial("base", True),
+                              FakeTrial("other"))
+    # nothing to compare with: Ray's rule would pause the trial for the pending one
+    assert rule.on_trial_result(ctl, good, epoch(1, 0.5)) == TrialScheduler.CONTINUE
+    assert rule.on_trial_result(ctl, good, epoch(2, 0.6)) == TrialScheduler.CONTINUE
+    rule.on_trial_complete(ctl, good, summary())  # the trainable's last result
+    assert [r[EPOCH_KEY] for r in rule._results[good]] == [1, 2]
+    # Ray's rule read the summary's epoch here (KeyError)
+    assert rule.on_trial_result(ctl, bad, epoch(1, 0.1)) == TrialScheduler.STOP
+    rule.on_trial_complete(ctl, bad, epoch(1, 0.1))  # Ray passes the stopped result again
+    assert len(rule._results[bad]) == 1  # counted once
+    # the baseline is worse than the median at every epoch, and runs on
+    assert rule.on_trial_result(ctl, base, epoch(1, 0.1)) == TrialScheduler.CONTINUE
+    assert rule.on_trial_result(ctl, base, epoch(2, 0.12)) == TrialScheduler.CONTINUE
+    assert rule.n_spared == 2
+    rule.on_trial_complete(ctl, base, summary())
+    # ... but its results count: the median of good, bad and the baseline at epoch 1 is 0.1
+    # (0.3 without the baseline, which would stop this trial)
+    assert rule.on_trial_result(ctl, other, epoch(1, 0.12)) == TrialScheduler.CONTINUE
+
+
+def test_asha_never_stops_the_baseline_and_counts_its_results():
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.backends.ray import EPOCH_KEY, AshaRule
+
+    rule = AshaRule(time_attr=EPOCH_KEY, metric="val/acc", mode="max", max_t=5, grace_period=1,
+                    reduction_factor=2, brackets=1)
+    ctl = FakeController()
+    good, bad, base = FakeTrial("good"), FakeTrial("bad"), FakeTrial("base", True)
+    for trial in (good, bad, base):
+        rule.on_trial_add(ctl, trial)
+    assert rule.on_trial_result(ctl, good, epoch(1, 0.5)) == TrialScheduler.CONTINUE
+    assert rule.on_trial_result(ctl, bad, epoch(1, 0.1)) == TrialScheduler.STOP
+    assert rule.on_trial_result(ctl, base, epoch(1, 0.05)) == TrialScheduler.CONTINUE
+    assert rule.n_spared == 1 and rule._num_stopped == 1
+    recorded = [r for milestone, r in rule._brackets[0]._rungs if milestone == 1][0]
+    assert recorded["base"] == 0.05  # in the rung's cutoff like any trial
+    rule.on_trial_complete(ctl, good, summary())  # ASHA skips a result without its epoch
+
+
+# -- on a real local Ray ---------------------------------------------------------------------
+
+
+def enqueue_first(monkeypatch, *params):
+    """Queue these trials in the study ahead of the baseline (what ``ask`` pops first)."""
+    from tuner import study as st
+
+    real = st.enqueue_baseline
+
+    def enqueue(study, config, base_hyp):
+        for values in params:
+            study.enqueue_trial(values)
+        return real(study, config, base_hyp)
+
+    monkeypatch.setattr(st, "enqueue_baseline", enqueue)
+
+
+GOOD = {"freeze": 3, "lr0": 0.03}  # the curve's best lr0 and freeze: 0.72 (momentum 0.7)
+BAD = {"freeze": 0, "lr0": 1.0e-4}  # 0.002
+MEDIAN = "{name: median, args: {n_startup_trials: 1, n_warmup_steps: 0}}"
+
+
+def test_ray_median_rule_after_a_complete_trial(local_ray, workdir, monkeypatch, capsys):
+    # one at a time: trial 0 completes (its last result is the summary), trial 1 is compared
+    # with it from its first epoch on
+    enqueue_first(monkeypatch, GOOD, BAD)
+    code = search(workdir, 4, MEDIAN, "--concurrency", "1", "--set", "search.baseline=false")
+    err = capsys.readouterr().err
+    assert code == 0, err
+    study = optuna.load_study(study_name="r", storage=URL)
+    assert not study.get_trials(states=(TrialState.FAIL,)), err
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
+    first, second = study.trials[:2]
+    assert first.state == TrialState.COMPLETE and first.user_attrs["epochs_run"] == 4
+    assert second.state == TrialState.PRUNED and not second.user_attrs.get("diverged")
+    assert second.user_attrs["epochs_run"] == 1  # stopped by the median rule
+
+
+@pytest.mark.parametrize("pruner", [
+    MEDIAN, "{name: successive_halving, args: {min_resource: 1, reduction_factor: 2}}",
+])
+def test_ray_scheduler_never_stops_the_baseline(local_ray, workdir, monkeypatch, capsys, pruner):
+    from tuner.backends import ray as ray_backend
+
+    schedulers = []
+    real = ray_backend.make_scheduler
+
+    def keep(*args):
+        schedulers.append(real(*args))
+        return schedulers[-1]
+
+    monkeypatch.setattr(ray_backend, "make_scheduler", keep)
+    # the baseline (0.07) runs after a trial of 0.72: either rule would stop it
+    enqueue_first(monkeypatch, GOOD)
+    code = search(workdir, 3, pruner, "--concurrency", "1")
+    err = capsys.readouterr().err
+    assert code == 0, err
+    study = optuna.load_study(study_name="r", storage=URL)
+    baseline = study.trials[1]
+    assert baseline.user_attrs["baseline"]
+    assert baseline.state == TrialState.COMPLETE, err
+    assert baseline.user_attrs["epochs_run"] == 4
+    hyp = yaml.safe_load(open(baseline.user_attrs["hyp_path"]))
+    assert hyp == baseline.user_attrs["hyp"]  # the scheduler's mark is no hyp
+    assert schedulers[0].n_spared >= 1  # it would have been stopped
+
+
+def test_ray_queues_a_trial_whose_worker_died_again_once(local_ray, workdir, monkeypatch,
+                                                         capsys):
+    dies = {"freeze": 1, "lr0": 0.05}
+    enqueue_first(monkeypatch, dies)
+    code = search(workdir, 2, "{name: none}", "--concurrency", "1", "--set",
+                  "search.baseline=false", "--set", "trainer.exit_at_lr0=0.05")
+    err = capsys.readouterr().err
+    assert code == 0, err
+    study = optuna.load_study(study_name="r", storage=URL)
+    first, retry = study.trials[:2]
+    assert first.state == retry.state == TrialState.FAIL
+    assert "worker died" in first.user_attrs["fail_reason"]
+    assert retry.params == dies and retry.user_attrs["retry_of"] == 0
+    assert retry.system_attrs["retry_history"] == [0]
+    assert "trial #0 lost its Ray worker: queued again as #1" in err
+    # the retry died too: not queued a second time; two other trials make the total
+    assert [t.number for t in study.trials if t.params == dies] == [0, 1]
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+    assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))

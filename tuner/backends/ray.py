@@ -5,14 +5,17 @@ seed), and it is given the study's storage and name: every Ray trial is asked fr
 the SAME Optuna study the ``optuna`` backend writes, so trial numbers, the baseline (enqueued
 in the study, which ``ask`` pops first, so no ``points_to_evaluate`` is needed), retries of
 lost trials, ``status``, ``export`` and ``report`` are shared. Early stopping is Ray's
-scheduler, mapped from the space's pruner (:func:`make_scheduler`).
+scheduler, mapped from the space's pruner (:func:`make_scheduler`); it never stops the
+baseline, which the searcher marks in the trial's config (``BASELINE_KEY``).
 
 The trial's state is decided here on the driver, which sees every result: a trial whose
 trainable finished is COMPLETE (its values computed like :mod:`tuner.objective` does), one
 whose trainable caught an error is FAIL with ``fail_reason``, one stopped by the scheduler
-before it finished is PRUNED. The study's total stays exact: the searcher starts a trial only
-while finished plus running trials are below ``n_trials`` (under the study's lock), and says
-FINISHED once the finished ones reach it; failed trials do not count, so they are replaced.
+before it finished is PRUNED, and one whose worker died is FAIL and its configuration queued
+again (once, as for a lost worker of the optuna backend). The study's total stays exact: the
+searcher starts a trial only while finished plus running trials are below ``n_trials`` (under
+the study's lock), and says FINISHED once the finished ones reach it; failed trials do not
+count, so they are replaced.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ for _key, _value in RAY_ENV.items():
 
 import ray  # noqa: E402 - after RAY_ENV, which Ray reads at import
 from ray import tune  # noqa: E402
+from ray.tune.schedulers import (  # noqa: E402
+    ASHAScheduler,
+    FIFOScheduler,
+    MedianStoppingRule,
+    TrialScheduler,
+)
 from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
@@ -53,6 +62,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 EPOCH_KEY = "tuner_epoch"  # 1-based: the schedulers' time attribute
 SUMMARY_KEY = "tuner_summary"  # JSON: state, values, attrs, reason; absent from epoch results
 TRIAL_KEY = "tuner_trial"  # the Optuna trial number, added to each sampled config
+BASELINE_KEY = "tuner_baseline"  # True in the baseline trial's config: never stopped early
 METRICS_KEY = "tuner_metrics"  # JSON: an epoch's metrics
 # seconds since adapter.run started, per epoch: a trial the scheduler stops has no summary,
 # and Ray's time_total_s also counts the worker's set-up (data decoding, weights)
@@ -98,6 +108,7 @@ def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
 
     params = dict(params)
     number = params.pop(TRIAL_KEY)
+    params.pop(BASELINE_KEY, None)  # the scheduler's mark, no hyp
     for name, target in setup["adapters"].items():
         register_adapter(name, target)
     config = setup["config"]
@@ -144,15 +155,74 @@ def trainable(params: dict[str, Any], setup: Mapping[str, Any]) -> None:
 # -- the driver ------------------------------------------------------------------------------
 
 
+def is_baseline(trial: Any) -> bool:
+    """Whether a Ray trial is the study's baseline (the mark :class:`StudySearch` sets)."""
+    return bool(getattr(trial, "config", {}).get(BASELINE_KEY))
+
+
+class MedianRule(MedianStoppingRule):
+    """Ray's median stopping rule, fed only epoch results, that never stops the baseline.
+
+    The baseline's results count for the median like any trial's, but the confirmation and
+    the report need the baseline COMPLETE, as under the optuna backend.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n_spared = 0  # STOP answers turned into CONTINUE for the baseline
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and is_baseline(trial):
+            # a stopped trial may never report again (Ray asserts that under hard_stop)
+            self._stopped_trials.discard(trial)
+            self.n_spared += 1
+            return TrialScheduler.CONTINUE
+        return decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        # Ray passes the trial's last result: for a trial that trained to the end that is the
+        # trainable's summary, without the epoch or the metric, and as the trial's latest
+        # result it would break every later median (Ray reads [-1][time_attr] of each
+        # trial); for a stopped trial it is the epoch result on_trial_result kept already
+        if self._time_attr not in result or self._metric not in result:
+            return
+        seen = self._results.get(trial)
+        if seen and seen[-1].get(self._time_attr) == result[self._time_attr]:
+            return  # one result per epoch, as Optuna's median counts each step once
+        super().on_trial_complete(tune_controller, trial, result)
+
+    def _on_insufficient_samples(self, tune_controller: Any, trial: Any, time: float) -> str:
+        # Ray would pause the trial to let a pending one run ("yield"); the trainable keeps no
+        # checkpoints, so a paused trial would start again from its first epoch. Optuna's
+        # median pruner lets it run on until there are enough trials to compare with
+        return TrialScheduler.CONTINUE
+
+
+class AshaRule(ASHAScheduler):
+    """Ray's ASHA that never stops the baseline; its results still fill the rungs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n_spared = 0  # STOP answers turned into CONTINUE for the baseline
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        # the bracket records the result before it answers, so the rung's cutoff counts it
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and is_baseline(trial):
+            self._num_stopped -= 1
+            self.n_spared += 1
+            return TrialScheduler.CONTINUE
+        return decision
+
+
 def make_scheduler(config: Any, max_epochs: int | None) -> Any:
     """Ray's counterpart of the space's pruner (FIFO for multi-objective studies).
 
-    median -> MedianStoppingRule; successive_halving and hyperband -> ASHA (asynchronous,
-    like Optuna's pruners; hyperband gets several brackets); none -> FIFO. Time is counted in
-    epochs.
+    median -> MedianStoppingRule (:class:`MedianRule`); successive_halving and hyperband ->
+    ASHA (:class:`AshaRule`: asynchronous, like Optuna's pruners; hyperband gets several
+    brackets); none -> FIFO. Time is counted in epochs; neither stops the baseline trial.
     """
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
-
     pruner = config.search.pruner
     args = dict(pruner.args)
     if config.objective.is_multi or pruner.name == "none":
@@ -164,7 +234,7 @@ def make_scheduler(config: Any, max_epochs: int | None) -> Any:
         "mode": "max" if target.direction == "maximize" else "min",
     }
     if pruner.name == "median":
-        return MedianStoppingRule(
+        return MedianRule(
             **common,
             # Optuna's warm-up steps are epochs never pruned; Ray's grace is the first epoch
             # (1-based) at which it may stop a trial
@@ -181,7 +251,7 @@ def make_scheduler(config: Any, max_epochs: int | None) -> Any:
     n_brackets = 1
     if pruner.name == "hyperband":
         n_brackets = max(1, int(math.log(max(max_t / grace, 1)) / math.log(factor)) + 1)
-    return ASHAScheduler(
+    return AshaRule(
         **common, max_t=max_t, grace_period=grace, reduction_factor=factor, brackets=n_brackets
     )
 
@@ -246,7 +316,11 @@ class StudySearch(OptunaSearch):
         trial_dir = self.job.out_dir.resolve() / "trials" / f"{ot_trial.number:04d}"
         st.set_user_attrs(ot_trial, {"hyp": hyp, "hyp_path": str(trial_dir / "hyp.yaml")})
         self.history[trial_id] = []
-        return {**params, TRIAL_KEY: ot_trial.number}
+        config = {**params, TRIAL_KEY: ot_trial.number}
+        if ot_trial.user_attrs.get("baseline"):
+            # for the scheduler, which sees Ray trials only: the baseline must finish
+            config[BASELINE_KEY] = True
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or EPOCH_KEY not in result:
@@ -282,6 +356,15 @@ class StudySearch(OptunaSearch):
         self.budget(self._ot_study, frozen)
         for callback in self.job.on_trial:
             callback(self.job.study, frozen)
+        if error:
+            # Ray reports an error only when the worker itself died (the trainable catches
+            # every training error): like a lost worker under the optuna backend, the trial's
+            # configuration runs again, once (a retry that dies too is not retried)
+            number = st.retry_stale_trial(self.job.study, frozen)
+            if number is not None:
+                self.job.say(
+                    f"trial #{ot_trial.number} lost its Ray worker: queued again as #{number}"
+                )
 
     def _outcome(
         self, ot_trial: Any, trial_id: str, result: Mapping[str, Any], error: bool
