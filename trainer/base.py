@@ -207,6 +207,26 @@ class Adapter(ABC):
         """
         return {}
 
+    def check_space(
+        self, searched: Mapping[str, Mapping[str, Any]], hyp: Mapping[str, Any]
+    ) -> None:
+        """Check the searched keys against the settings and the values every trial starts from.
+
+        For what no range of a single key can say: a searched key that a setting or another
+        hyp turns into a no-op, so that its search would tune noise (Ultralytics switches
+        mosaic off for the last ``close_mosaic`` epochs: in trials no longer than that, from
+        the first).
+
+        Args:
+            searched: Each searched key with its space-file form (``type`` and ``low`` /
+                ``high``, or ``choices``).
+            hyp: The adapter's defaults overridden by the space's ``base``.
+
+        Raises:
+            ConfigError: Whose ``field`` is a field of the space file itself (``space.mosaic``,
+                ``base.close_mosaic``), not one inside its ``trainer`` section.
+        """
+
     def check_data(self) -> None:
         """Check that data, weights and paths exist; raise :class:`ConfigError` if not.
 

@@ -35,7 +35,11 @@ is split like a shell would (``shlex``) but not run through a shell; use a list 
 
 Rows whose columns carry YOLO names (``metrics/mAP50(B)``, ``metrics/mAP_0.5:0.95``...) are also
 reported under the simple names ``mAP50``, ``mAP50-95``, ``precision``, ``recall`` and
-``fitness``; a row's ``epoch`` column is ignored (rows are counted).
+``fitness``; a row's ``epoch`` column is ignored (rows are counted). ``fitness`` follows the
+pipeline that names the columns so: Ultralytics' (``...(B)``) is mAP50-95 alone, as
+Ultralytics scores since 8.3.198; YOLOv5's (``metrics/mAP_0.5``...) and plain ``mAP50`` /
+``mAP50-95`` columns give 0.1 mAP50 + 0.9 mAP50-95. A ``fitness`` column the script writes
+itself wins (for an Ultralytics before 8.3.198, which weighed 0.1 / 0.9 too).
 """
 
 from __future__ import annotations

@@ -15,12 +15,17 @@ The freeze strategy:
   their BatchNorm layers back in train mode; 0 never unfreezes.
 
 Reporting and stopping: an ``on_train_epoch_end`` callback rejects NaN / infinite training
-losses, and ``on_fit_epoch_end`` reports ``mAP50``, ``mAP50-95``, ``fitness`` (0.1 mAP50 + 0.9
-mAP50-95), precision, recall and the losses once per finished epoch (Ultralytics' extra call
-for its final validation of best.pt is not an epoch and is skipped). A :class:`Pruned` raised by
-the reporter leaves the training loop at once: no further epoch, no final validation, and the
-checkpoints keep their optimizer state, so the run is not marked finished; its data loaders are
-closed before the signal propagates.
+losses, and ``on_fit_epoch_end`` reports ``mAP50``, ``mAP50-95``, ``fitness``, precision, recall
+and the losses once per finished epoch (Ultralytics' extra call for its final validation of
+best.pt is not an epoch and is skipped). ``fitness`` is Ultralytics' own ``trainer.fitness``,
+the score its best.pt and early stopping go by, as the installed version computes it: for
+detection mAP50-95 alone since 8.3.198 (0.1 mAP50 + 0.9 mAP50-95 before, as in YOLOv5). A
+:class:`Pruned` raised by the reporter leaves the training loop at once: no further epoch, no
+final validation, and the checkpoints keep their optimizer state, so the run is not marked
+finished; its data loaders are closed before the signal propagates. ``train_args`` may not
+turn per-epoch validation off (``val: false``) or set a time limit (``time``), and a space
+may not search mosaic, mixup or copy_paste in trials that ``close_mosaic`` leaves without them
+(:meth:`UltralyticsAdapter.check_space`).
 
 Offline and out of ``$HOME``: before the first import of ``ultralytics`` this sets
 ``YOLO_OFFLINE=true`` and, unless already set, ``YOLO_CONFIG_DIR`` and ``MPLCONFIGDIR`` under
@@ -29,12 +34,18 @@ the adapter cache, and a local TrueType font is copied into Ultralytics' config 
 (which downloads yolo26n.pt) is skipped and AMP trusted (set ``amp: false`` to train in FP32).
 Integration callbacks (Ray Tune, MLflow, W&B, Comet, ClearML, DVC, TensorBoard, the Ultralytics
 platform and usage events) are removed from every trial's trainer: the study is the logger.
+
+Ultralytics 8.4.3 or later: the freeze strategy relies on its trainer keeping frozen BatchNorm
+layers in eval mode (``_model_train``, from 8.3.99) and on warmup finding the bias groups by
+their ``param_group == "bias"`` tag (from 8.4.3; before, by position, which the per-module
+groups of ``lr_decay`` break). ``check_data`` refuses an older one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.metadata
 import importlib.util
 import logging
 import math
@@ -43,7 +54,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +90,25 @@ _INTEGRATION_MODULES = re.compile(
     r"ultralytics\.(utils\.callbacks\.(?!base$)\w+|utils\.events|hub)"
 )
 _N_LOG_LINES = 20
+# The first release with both things the freeze strategy relies on (see the module docstring).
+MIN_VERSION = (8, 4, 3)
+# Train arguments that would take per-epoch reporting away: without validation each epoch
+# (val: false validates the last only) the reported metrics are stale, and a time limit
+# rewrites epochs from the measured epoch time, so a study's trials would differ in length.
+# train argument -> (the one value allowed, why)
+_REJECTED_TRAIN_ARGS: dict[str, tuple[Any, str]] = {
+    "val": (True, "must stay true: with val: false Ultralytics validates the last epoch only, "
+                   "so every other epoch would report stale metrics and be pruned on them"),
+    "time": (None, "must not be set: a time limit makes Ultralytics recompute epochs from the "
+                   "measured epoch time, so trials would train different lengths (the pruner's "
+                   "epochs would not compare); set trainer.epochs instead"),
+}
+# What Ultralytics switches off for the last close_mosaic epochs (its datasets' close_mosaic).
+CLOSED_BY_CLOSE_MOSAIC = ("mosaic", "mixup", "copy_paste", "cutmix")
+# From 8.4.157 that happens at `epoch >= epochs - close_mosaic`, so from the first epoch when
+# close_mosaic >= epochs; before, at `epoch == epochs - close_mosaic` only: from the first
+# epoch when they are equal, never when close_mosaic is larger.
+_CLOSE_MOSAIC_AT_OR_AFTER = (8, 4, 157)
 
 
 @dataclass(frozen=True)
@@ -129,10 +159,13 @@ class UltralyticsAdapter(Adapter):
         reader = SettingsReader(settings, UltralyticsSettings.__dataclass_fields__)
         imgsz = reader.integer("imgsz", 640, minimum=32)
         train_args = reader.mapping("train_args")
-        for key in train_args:
+        for key, value in train_args.items():
             if key in MANAGED_ARGS or key in ULTRALYTICS_HYP or key in FREEZE_DEFAULTS:
                 raise ConfigError(f"train_args.{key}", "is set by the adapter (a setting or a "
                                                        "hyp key); set it there")
+            problem = _rejected_arg(key, value)
+            if problem:
+                raise ConfigError(f"train_args.{key}", problem)
         device = reader.string("device", "auto").lower()
         # One device per trial: with several GPUs Ultralytics trains in DDP subprocesses, where
         # the adapter's callbacks (reporting, pruning) do not run.
@@ -210,11 +243,68 @@ class UltralyticsAdapter(Adapter):
 
     # -- checks ---------------------------------------------------------------------------
 
+    def check_space(
+        self, searched: Mapping[str, Mapping[str, Any]], hyp: Mapping[str, Any]
+    ) -> None:
+        """A searched mosaic, mixup, copy_paste or cutmix must be on in the trials' epochs, and
+        a base hyp must not set ``val: false`` or ``time`` (as in ``train_args``).
+
+        Ultralytics switches them off for the last ``close_mosaic`` epochs (default 10): in
+        trials no longer than that, from the first epoch (see :func:`mosaic_closed_at_start`),
+        so every trial would train without them and their search would rank noise.
+        """
+        for key in _REJECTED_TRAIN_ARGS:  # a base hyp passes train arguments on too
+            problem = _rejected_arg(key, hyp.get(key, _REJECTED_TRAIN_ARGS[key][0]))
+            if problem:
+                raise ConfigError(f"base.{key}", problem)
+        closed = [key for key in CLOSED_BY_CLOSE_MOSAIC if key in searched]
+        if not closed:
+            return
+        epochs = self.settings.epochs
+        at_or_after = _close_mosaic_at_or_after()
+        keeps = f"0 keeps {_and(CLOSED_BY_CLOSE_MOSAIC)} on in every epoch"
+        spec = searched.get("close_mosaic")
+        if spec is not None:
+            values = _candidates(spec, epochs)
+            bad = [v for v in values if mosaic_closed_at_start(v, epochs, at_or_after)]
+            if bad:
+                raise ConfigError(
+                    "space.close_mosaic",
+                    f"close_mosaic {_number_text(bad[0])} switches the searched "
+                    f"{_and(closed)} off from the first of the trials' {epochs} epochs "
+                    f"(Ultralytics turns them off for the last close_mosaic epochs), so those "
+                    f"trials would train without them: search close_mosaic below "
+                    f"trainer.epochs ({epochs}; {keeps})",
+                )
+            return
+        value = hyp.get("close_mosaic", ULTRALYTICS_HYP["close_mosaic"])
+        if not mosaic_closed_at_start(value, epochs, at_or_after):
+            return
+        origin = "the default" if value == ULTRALYTICS_HYP["close_mosaic"] else "base"
+        raise ConfigError(
+            f"space.{closed[0]}",
+            f"Ultralytics turns {_and(CLOSED_BY_CLOSE_MOSAIC)} off for the last "
+            f"close_mosaic epochs, and close_mosaic {_number_text(value)} ({origin}) "
+            f"{'>=' if at_or_after else '='} trainer.epochs ({epochs}) means from the first: "
+            f"every trial would train without {_and(closed)}, so the search would tune "
+            f"noise; set base close_mosaic below trainer.epochs ({epochs}); {keeps}",
+        )
+
     def check_data(self) -> None:
         s = self.settings
         if importlib.util.find_spec("ultralytics") is None:
             raise ConfigError("adapter", "the ultralytics package is not installed "
                                          "(pip install -e '.[yolo]')")
+        version = installed_version()
+        if version is not None and version < MIN_VERSION:
+            need = ".".join(map(str, MIN_VERSION))
+            raise ConfigError(
+                "adapter",
+                f"ultralytics {'.'.join(map(str, version))} is older than {need}, the first "
+                "release whose trainer keeps frozen BatchNorm layers in eval mode and tags "
+                "the warmup's bias parameter groups, which freeze and lr_decay rely on; "
+                f"pip install 'ultralytics>={need}'",
+            )
         if s.data != "synthetic" and not Path(s.data).is_file():
             raise ConfigError("data", f"no such dataset YAML: {s.data} (nothing is downloaded "
                                       "here; use a local data YAML or data: synthetic)")
@@ -287,6 +377,9 @@ class UltralyticsAdapter(Adapter):
             if key in MANAGED_ARGS or key not in DEFAULT_CFG_DICT:
                 raise TrialError(f"hyp key {key!r} is not an Ultralytics train argument the "
                                  "adapter can pass on; remove it from the base hyp")
+            problem = _rejected_arg(key, value)
+            if problem:
+                raise TrialError(f"hyp key {key}: {problem}")
             args[key] = _plain(value)
         args["freeze"] = _int_hyp(hyp, "freeze")
         if "close_mosaic" in args:
@@ -415,6 +508,12 @@ class _TrialState:
         self.pending = False
         raw = {**_train_losses(trainer), **(trainer.metrics or {})}
         metrics = normalise_metrics(raw)
+        # Ultralytics' own score, what its best.pt and early stopping go by, exactly as the
+        # installed version computes it (its weights changed in 8.3.198; segmentation and pose
+        # add the masks' or keypoints' score), not one recomputed from the columns.
+        own = _as_number(getattr(trainer, "fitness", None))
+        if own is not None:
+            metrics["fitness"] = own
         epoch = int(trainer.epoch)
         check_losses(metrics, epoch, also=("fitness",))
         self.result.add_epoch(metrics)
@@ -626,6 +725,77 @@ def _device(device: str) -> str:
     import torch
 
     return "0" if torch.cuda.is_available() else "cpu"
+
+
+def _rejected_arg(key: str, value: Any) -> str | None:
+    """Why the train argument ``key`` may not be ``value`` (None when it may)."""
+    if key not in _REJECTED_TRAIN_ARGS:
+        return None
+    allowed, why = _REJECTED_TRAIN_ARGS[key]
+    return None if value is allowed else f"{why}, got {value!r}"
+
+
+def installed_version() -> tuple[int, ...] | None:
+    """The installed Ultralytics release as numbers (``(8, 4, 190)``), None when unknown.
+
+    Read from the package metadata, so nothing is imported.
+    """
+    try:
+        text = importlib.metadata.version("ultralytics")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    numbers = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(n) for n in numbers.group(0).split(".")) if numbers else None
+
+
+def _close_mosaic_at_or_after() -> bool:
+    # unknown (not installed yet): the rule of the releases installed now
+    version = installed_version()
+    return version is None or version >= _CLOSE_MOSAIC_AT_OR_AFTER
+
+
+def mosaic_closed_at_start(close_mosaic: Any, epochs: int, at_or_after: bool = True) -> bool:
+    """Whether Ultralytics switches mosaic (mixup, copy_paste, cutmix) off from epoch 0.
+
+    Args:
+        close_mosaic: The train argument (0 never switches them off).
+        epochs: The run's epochs.
+        at_or_after: The rule from 8.4.157 (``epoch >= epochs - close_mosaic``); False for
+            the earlier ``epoch == epochs - close_mosaic``.
+    """
+    if isinstance(close_mosaic, bool) or not isinstance(close_mosaic, int | float) \
+            or close_mosaic <= 0:
+        return False
+    return close_mosaic >= epochs if at_or_after else int(close_mosaic) == epochs
+
+
+def _candidates(spec: Mapping[str, Any], epochs: int) -> list[Any]:
+    """Values of a searched ``close_mosaic`` to test: its choices, or its ends and ``epochs``
+    where the range holds it (the one value the earlier ``==`` rule closes at)."""
+    if spec.get("type") == "categorical":
+        return list(spec.get("choices") or ())
+    low, high = spec.get("low"), spec.get("high")
+    inside = [epochs] if low is not None and high is not None and low <= epochs <= high else []
+    return [v for v in (low, high) if v is not None] + inside
+
+
+def _and(words: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _number_text(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _as_number(value: Any) -> float | None:
+    """A float from a number, numpy scalar or 0-d tensor; None for None or anything else."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _int_hyp(hyp: Mapping[str, Any], key: str) -> int:

@@ -65,7 +65,7 @@ YOLOV5_HYP: dict[str, Any] = {
     "copy_paste": 0.0,
 }
 
-# Ultralytics cfg/default.yaml values of the train arguments a study may search (8.3 / 8.4).
+# Ultralytics cfg/default.yaml values of the train arguments a study may search (8.4).
 ULTRALYTICS_HYP: dict[str, Any] = {
     "lr0": 0.01,
     "lrf": 0.01,
@@ -124,16 +124,47 @@ ULTRALYTICS_METRICS: tuple[str, ...] = (
 )
 
 
-def fitness(map50: float, map50_95: float) -> float:
-    """YOLO's model-selection score: ``0.1 * mAP@0.5 + 0.9 * mAP@0.5:0.95``."""
-    return 0.1 * map50 + 0.9 * map50_95
+# The weights of (mAP@0.5, mAP@0.5:0.95) in each pipeline's model-selection score, the one its
+# best.pt, early stopping and own genetic search go by. YOLOv5 (utils/metrics.py fitness):
+# [P, R, mAP@0.5, mAP@0.5:0.95] weighted [0, 0, 0.1, 0.9]. Ultralytics used the same up to
+# 8.3.197; from 8.3.198 its Metric.fitness weighs them [0, 0, 0, 1]: mAP@0.5:0.95 alone.
+YOLOV5_FITNESS: tuple[float, float] = (0.1, 0.9)
+ULTRALYTICS_FITNESS: tuple[float, float] = (0.0, 1.0)
+# Columns only Ultralytics writes (its results.csv and trainer.metrics): their rows score by
+# Ultralytics' convention; YOLOv5's columns, and plain mAP50 / mAP50-95, by YOLOv5's.
+_ULTRALYTICS_COLUMNS = frozenset(k for k in _METRIC_ALIASES if k.endswith("(B)"))
+
+
+def fitness(map50: float, map50_95: float,
+            weights: tuple[float, float] = YOLOV5_FITNESS) -> float:
+    """A YOLO model-selection score: ``weights[0] * mAP@0.5 + weights[1] * mAP@0.5:0.95``.
+
+    Args:
+        map50: mAP at IoU 0.5.
+        map50_95: mAP averaged over IoU 0.5:0.95.
+        weights: :data:`YOLOV5_FITNESS` (0.1, 0.9; the default) or
+            :data:`ULTRALYTICS_FITNESS` (0, 1: mAP@0.5:0.95 alone, Ultralytics >= 8.3.198).
+    """
+    return weights[0] * map50 + weights[1] * map50_95
+
+
+def fitness_weights(columns: Iterable[str]) -> tuple[float, float]:
+    """The fitness convention of a metrics row, from its column names.
+
+    Ultralytics-named columns (``metrics/mAP50-95(B)``...) give :data:`ULTRALYTICS_FITNESS`,
+    anything else (YOLOv5's ``metrics/mAP_0.5:0.95``, plain ``mAP50-95``)
+    :data:`YOLOV5_FITNESS`.
+    """
+    names = {str(c).strip() for c in columns}
+    return ULTRALYTICS_FITNESS if names & _ULTRALYTICS_COLUMNS else YOLOV5_FITNESS
 
 
 def normalise_metrics(raw: Mapping[str, Any]) -> dict[str, float]:
     """YOLOv5 / Ultralytics metric names -> ``mAP50``, ``mAP50-95``, ``precision``, ``recall``.
 
     Losses keep their names (``train/box_loss``, ``val/cls_loss``...), learning-rate columns and
-    the epoch column are dropped, and ``fitness`` is added when both mAPs are present.
+    the epoch column are dropped, and ``fitness`` is added when both mAPs are present, weighted
+    as the pipeline that wrote the columns weighs it (:func:`fitness_weights`).
     """
     out: dict[str, float] = {}
     for key, value in raw.items():
@@ -145,7 +176,7 @@ def normalise_metrics(raw: Mapping[str, Any]) -> dict[str, float]:
             continue
         out[_METRIC_ALIASES.get(key, key)] = number
     if "mAP50" in out and "mAP50-95" in out:
-        out["fitness"] = fitness(out["mAP50"], out["mAP50-95"])
+        out["fitness"] = fitness(out["mAP50"], out["mAP50-95"], fitness_weights(raw))
     return out
 
 

@@ -688,6 +688,11 @@ def load_space(
             )
         _check_limits(ctx, spec, limits.get(key))
         space[key] = spec
+    searched = {key: spec.to_dict() for key, spec in space.items()}
+    try:
+        adapter.check_space(searched, {**adapter.default_hyp(), **base})
+    except ConfigError as exc:  # its field is the space file's own (space.mosaic, base.X)
+        raise ctx.error(exc.field, exc.message) from None
     if search.confirm.epochs is not None:
         _check_confirm_length(ctx, search.confirm.epochs, adapter_cls, trainer_raw, cache_dir,
                               space, base, adapter)
@@ -722,7 +727,9 @@ def _check_confirm_length(
 
     Limits that depend on the length (``unfreeze_epoch`` <= epochs) are checked again for an
     adapter of ``search.confirm.epochs``: a run shorter than a trial's ``unfreeze_epoch`` would
-    never unfreeze and so confirm another schedule than the one searched.
+    never unfreeze and so confirm another schedule than the one searched; so are the adapter's
+    own checks of the space (a run no longer than Ultralytics' ``close_mosaic`` would confirm
+    a searched ``mosaic`` that is off in every epoch).
     """
     field_name = "search.confirm.epochs"
     try:
@@ -732,6 +739,10 @@ def _check_confirm_length(
         raise ctx.error(field_name, f"{epochs}: {exc.message}") from None
     limits = longer.limits()
     hyp = {**adapter.default_hyp(), **base}
+    try:  # what a searched key means may depend on the length too (Ultralytics' close_mosaic)
+        longer.check_space({key: spec.to_dict() for key, spec in space.items()}, hyp)
+    except ConfigError as exc:
+        raise ctx.error(field_name, f"at {epochs} epochs: {exc.field}: {exc.message}") from None
     for key, (lo, hi) in limits.items():
         spec = space.get(key)
         values = [] if spec is None else _extremes(spec)

@@ -108,7 +108,8 @@ def test_yolo_columns_get_simple_names(tmp_path):
     adapter.run(adapter.default_hyp(), reporter, tmp_path)
     metrics = reporter.calls[0][1]
     assert metrics["mAP50"] == 0.5 and metrics["metrics/mAP50(B)"] == 0.5
-    assert metrics["fitness"] == pytest.approx(0.1 * 0.5 + 0.9 * 0.3)
+    # Ultralytics-named columns score as Ultralytics does (8.3.198 on): mAP50-95 alone
+    assert metrics["fitness"] == 0.3
 
 
 def test_crash_is_a_trial_error_with_the_log_tail(tmp_path):
@@ -170,7 +171,7 @@ def test_the_default_objective_is_a_metric_the_script_reports(tmp_path):
     # metrics without metric: the first of them, not a "fitness" the script never writes
     adapter = CommandAdapter({**base, "metrics": ["acc", "loss"]}, tmp_path)
     assert (adapter.default_metric, adapter.metrics) == ("acc", ("acc", "loss"))
-    # neither, or YOLO's columns that give it: YOLO's fitness (0.1 mAP50 + 0.9 mAP50-95)
+    # neither, or YOLO's columns that give it: YOLO's fitness
     assert CommandAdapter(base, tmp_path).metrics == ("fitness",)
     yolo = CommandAdapter({**base, "metrics": ["metrics/mAP50(B)", "metrics/mAP50-95(B)"]},
                           tmp_path)

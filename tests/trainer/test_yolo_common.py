@@ -16,11 +16,14 @@ from tests.conftest import process_alive
 from trainer import detection_data
 from trainer.base import DivergedError, TrialError
 from trainer.yolo_common import (
+    ULTRALYTICS_FITNESS,
+    YOLOV5_FITNESS,
     YOLOV5_HYP,
     MetricsFollower,
     add_aliases,
     check_losses,
     fitness,
+    fitness_weights,
     normalise_metrics,
     offline_env,
     provide_fonts,
@@ -60,9 +63,19 @@ def test_normalise_ultralytics_names():
         "metrics/precision(B)": 0.5, "metrics/recall(B)": 0.4, "metrics/mAP50(B)": 0.3,
         "metrics/mAP50-95(B)": 0.2, "val/box_loss": 1.0, "lr/pg0": 0.01, "train/dfl_loss": 2,
     })
+    # Ultralytics' columns, Ultralytics' score (8.3.198 and later): mAP50-95 alone
     assert metrics == {"precision": 0.5, "recall": 0.4, "mAP50": 0.3, "mAP50-95": 0.2,
-                       "val/box_loss": 1.0, "train/dfl_loss": 2.0,
-                       "fitness": pytest.approx(fitness(0.3, 0.2))}
+                       "val/box_loss": 1.0, "train/dfl_loss": 2.0, "fitness": 0.2}
+
+
+def test_fitness_conventions():
+    assert fitness(0.3, 0.2) == pytest.approx(0.1 * 0.3 + 0.9 * 0.2)  # YOLOv5's, the default
+    assert fitness(0.3, 0.2, ULTRALYTICS_FITNESS) == 0.2
+    assert fitness_weights(["metrics/mAP50(B)", "metrics/mAP50-95(B)"]) == ULTRALYTICS_FITNESS
+    assert fitness_weights(["metrics/mAP_0.5", "metrics/mAP_0.5:0.95"]) == YOLOV5_FITNESS
+    assert fitness_weights(["mAP50", "mAP50-95"]) == YOLOV5_FITNESS
+    # plain names keep YOLOv5's weights
+    assert add_aliases({"mAP50": 0.3, "mAP50-95": 0.2})["fitness"] == pytest.approx(0.21)
 
 
 def test_add_aliases_keeps_the_scripts_names():

@@ -51,11 +51,15 @@ def test_yolov5_format_holds_every_scratch_low_key(tmp_path):
     mapping, header = FORMATS["yolov5"].render(hyp, yolov5_settings(tmp_path), "best_hyp.yaml")
     assert list(mapping) == SCRATCH_LOW_KEYS
     assert mapping["lr0"] == 0.005 and mapping["obj"] == 1.0 and mapping["anchor_t"] == 4.0
+    # no --epochs: the trials' 50 are the search's budget per trial, not the run to train
     assert header[0].endswith(
         "python train.py --data /data/VOC.yaml --weights /w/yolov5s.pt --img 512 "
-        "--hyp best_hyp.yaml --freeze 10 --epochs 50 --batch-size 16"
+        "--hyp best_hyp.yaml --freeze 10 --batch-size 16"
     )
-    assert not any(line.startswith("note:") for line in header)
+    notes = [line for line in header if line.startswith("note:")]
+    assert notes == ["note: no --epochs in the command: the trials trained 50 epochs each, a "
+                     "search budget rather than a training length; add --epochs N (train.py "
+                     "alone trains its default length)"]
 
 
 def test_yolov5_format_command_is_the_trials_own(tmp_path):
@@ -98,6 +102,53 @@ def test_yolov5_format_from_a_built_in_trainer_study_maps_its_optimiser():
     assert any("optimizer=RMSprop" in line for line in header)
 
 
+def test_an_ultralytics_study_keeps_its_optimiser_in_the_yolov5_command():
+    """lr0 tuned under AdamW must not land in a train.py command without --optimizer (SGD)."""
+    settings = {"adapter": "ultralytics", "optimizer": "AdamW", "epochs": 2,
+                "train_args": {"cos_lr": True, "nbs": 16}}
+    hyp = {**ULTRALYTICS_HYP, "lr0": 0.002, "label_smoothing": 0.1, "freeze": 10}
+    mapping, header = FORMATS["yolov5"].render(hyp, settings, "h.yaml")
+    argv = shlex.split(header[0].split(": ", 1)[1])
+    assert argv[argv.index("--optimizer") + 1] == "AdamW" and "--cos-lr" in argv
+    assert argv[argv.index("--label-smoothing") + 1] == "0.1"
+    assert "--epochs" not in argv
+    assert list(mapping) == SCRATCH_LOW_KEYS and mapping["lr0"] == 0.002
+    # what train.py has no flag for is named, not dropped silently
+    assert any(line.startswith("note:") and "train_args nbs=16 are not carried" in line
+               for line in header)
+    # case as Ultralytics takes it; SGD is train.py's default (no flag)
+    _, header = FORMATS["yolov5"].render(hyp, {**settings, "optimizer": "adamw"}, "h.yaml")
+    assert "--optimizer AdamW" in header[0]
+    _, header = FORMATS["yolov5"].render(hyp, {**settings, "optimizer": "SGD"}, "h.yaml")
+    assert "--optimizer" not in header[0]
+    for optimizer, named in (("auto", "optimizer=auto"), ("RMSProp", "optimizer=RMSProp")):
+        _, header = FORMATS["yolov5"].render(hyp, {**settings, "optimizer": optimizer}, "h.yaml")
+        assert "--optimizer" not in header[0]
+        assert any(line.startswith("note:") and named in line and "it trains SGD" in line
+                   for line in header)
+
+
+def test_a_yolov5_study_keeps_its_optimiser_in_the_ultralytics_cfg(tmp_path, ultralytics_cfg):
+    adapter = YoloV5Adapter(
+        {"yolov5_dir": str(tmp_path / "yolov5"), "data": "/d.yaml", "epochs": 30,
+         "extra_args": ["--optimizer", "AdamW", "--cos-lr", "--label-smoothing=0.1", "--rect"]},
+        tmp_path / "cache",
+    )
+    settings = {"adapter": "yolov5", **adapter.settings_dict()}
+    mapping, header = FORMATS["ultralytics"].render({**YOLOV5_HYP, "freeze": 10}, settings,
+                                                    "h.yaml")
+    assert mapping["optimizer"] == "AdamW" and mapping["cos_lr"] is True
+    notes = [line for line in header if line.startswith("note:")]
+    assert any("label_smoothing=0.1" in line and "no argument" in line for line in notes)
+    assert any("extra_args --rect are not carried" in line for line in notes)
+    cfg = ultralytics_cfg.get_cfg(ultralytics_cfg.DEFAULT_CFG_DICT, mapping)
+    assert cfg.optimizer == "AdamW" and cfg.cos_lr is True
+    # without the flag, train.py's SGD
+    plain = {**settings, "extra_args": []}
+    mapping, _ = FORMATS["ultralytics"].render({**YOLOV5_HYP, "freeze": 10}, plain, "h.yaml")
+    assert mapping["optimizer"] == "SGD" and "cos_lr" not in mapping
+
+
 def test_loss_gains_do_not_cross_between_yolo_pipelines(ultralytics_cfg):
     """Ultralytics' box 7.5 is YOLOv5's 0.05 in effect: neither is handed to the other."""
     ultra = {**ULTRALYTICS_HYP, "box": 9.0, "lr0": 0.002, "freeze": 10}
@@ -119,7 +170,7 @@ def test_ultralytics_format_passes_ultralytics_cfg_check(tmp_path, ultralytics_c
     adapter = UltralyticsAdapter({"data": str(tmp_path / "d.yaml"), "epochs": 7, "imgsz": 96,
                                   "train_args": {"cos_lr": True}}, tmp_path / "cache")
     settings = {"adapter": "ultralytics", **adapter.settings_dict()}
-    hyp = {**adapter.default_hyp(), "freeze": 10, "lr0": 0.003, "close_mosaic": 2,
+    hyp = {**adapter.default_hyp(), "freeze": 10, "lr0": 0.003, "close_mosaic": 0,
            "lr_decay": 0.8, "unfreeze_epoch": 0}
     mapping, header = FORMATS["ultralytics"].render(hyp, settings, "best_hyp.yaml")
     text = yaml.safe_dump(mapping, sort_keys=False)
@@ -128,11 +179,19 @@ def test_ultralytics_format_passes_ultralytics_cfg_check(tmp_path, ultralytics_c
     loaded = yaml.safe_load(path.read_text())
     # what `yolo train cfg=best_hyp.yaml` does: defaults overridden by the file, keys checked
     cfg = get_cfg(defaults, loaded)
-    assert cfg.freeze == 10 and cfg.lr0 == 0.003 and cfg.epochs == 7 and cfg.imgsz == 96
+    assert cfg.freeze == 10 and cfg.lr0 == 0.003 and cfg.imgsz == 96
     assert cfg.model == "yolov8n.yaml" and cfg.optimizer == "SGD" and cfg.cos_lr is True
     assert "lr_decay" not in loaded and "unfreeze_epoch" not in loaded
     assert any("lr_decay=0.8" in line for line in header)
     assert "yolo train cfg=best_hyp.yaml" in header[0]
+    # not the trials' 7 epochs: `yolo train cfg=best_hyp.yaml` trains its default length,
+    # and the header says so and how to set one
+    assert "epochs" not in loaded and cfg.epochs == defaults["epochs"]
+    assert ("note: no epochs in this file: the trials trained 7 epochs each, a search budget "
+            "rather than a training length; add epochs=N to the command") in "\n".join(header)
+    # a close_mosaic set for the trials' length is named: the full run may want the default
+    assert cfg.close_mosaic == 0
+    assert any(line.startswith("note: close_mosaic=0 is the trials' setting") for line in header)
 
 
 def test_ultralytics_format_from_another_adapter_keeps_valid_keys_only(ultralytics_cfg):

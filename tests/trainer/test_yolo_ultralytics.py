@@ -24,8 +24,17 @@ import yaml
 from tests.adapter_contract import AdapterContract, RecordingReporter
 from trainer.base import ConfigError, TrialError, TrialResult
 from trainer.detection_data import DetectionSpec, generate
-from trainer.ultralytics import UltralyticsAdapter, _TrialState, apply_layer_decay
+from trainer.ultralytics import (
+    MIN_VERSION,
+    UltralyticsAdapter,
+    _TrialState,
+    apply_layer_decay,
+    installed_version,
+    mosaic_closed_at_start,
+)
 from trainer.yolo_common import FREEZE_DEFAULTS, ULTRALYTICS_HYP
+from tuner.cli import main
+from tuner.errors import InputError
 
 if importlib.util.find_spec("ultralytics") is None:  # not importorskip: it would import it now
     pytest.skip("ultralytics is not installed (pip install -e '.[yolo]')",
@@ -155,9 +164,13 @@ def test_frozen_modules_get_no_gradient_then_unfreeze_with_layer_decay(cache, da
                                                trainer.model.model[3].conv.weight),
         }
 
+    def on_fit_epoch_end(trainer):  # after the adapter's: what Ultralytics scores the epoch
+        seen.setdefault("fitness", []).append(float(trainer.fitness))
+
     adapter.extra_callbacks["on_train_start"].append(on_train_start)
     adapter.extra_callbacks["on_train_epoch_end"].append(on_train_epoch_end)
     adapter.extra_callbacks["on_train_batch_end"].append(on_train_batch_end)
+    adapter.extra_callbacks["on_fit_epoch_end"].append(on_fit_epoch_end)
     hyp = {**adapter.default_hyp(), "freeze": 3, "unfreeze_epoch": 1, "lr_decay": 0.5}
     reporter = RecordingReporter()
     # a spike before the trial: the process's lifetime peak RSS is now far above the trial's
@@ -184,13 +197,18 @@ def test_frozen_modules_get_no_gradient_then_unfreeze_with_layer_decay(cache, da
     for index, lr in biases:
         assert lr == pytest.approx(hyp["warmup_bias_lr"] * 0.5 ** (N_MODULES - 1 - index))
     kinds = {kind for _, _, kind in seen["groups"]}
-    assert kinds in ({"weight", "bn", "bias"}, {None})  # Ultralytics < 8.4 does not tag groups
+    assert kinds == {"weight", "bn", "bias"}  # tagged from 8.4.3, the floor (warmup reads it)
     # integrations (Ray Tune, platform, events...) were removed from the trainer
     assert not {m for m in seen["callbacks"] if ".callbacks." in m and not m.endswith(".base")}
     assert "ultralytics.utils.events" not in seen["callbacks"]
     # the result
     assert [epoch for epoch, _ in reporter.calls] == [0, 1]
     assert set(reporter.calls[0][1]) == set(adapter.metrics)
+    # fitness is Ultralytics' own trainer.fitness, the score its best.pt goes by (mAP50-95
+    # alone in 8.3.198 and later), not 0.1 mAP50 + 0.9 mAP50-95
+    assert [m["fitness"] for _, m in reporter.calls] == seen["fitness"][:2]
+    assert [m["fitness"] for _, m in reporter.calls] == [m["mAP50-95"] for _, m in
+                                                         reporter.calls]
     assert result.n_params_frozen > 0 and result.n_params_trainable > result.n_params_frozen
     assert 0 < result.peak_memory_mb < lifetime_mb - 512  # this trial's peak, not the process's
 
@@ -270,10 +288,126 @@ def test_settings_validation(cache, data):
                             ({"device": "0,1"}, "device"),
                             ({"optimizer": "lion"}, "optimizer"), ({"colour": 1}, "colour"),
                             ({"train_args": {"lr0": 0.1}}, "train_args.lr0"),
-                            ({"synthetic": {"n_train": 0}}, "synthetic.n_train")):
+                            ({"synthetic": {"n_train": 0}}, "synthetic.n_train"),
+                            # no per-epoch validation: stale metrics, pruned on them
+                            ({"train_args": {"val": False}}, "train_args.val"),
+                            # a time limit rewrites epochs: trials of unequal length
+                            ({"train_args": {"time": 0.5}}, "train_args.time")):
         with pytest.raises(ConfigError) as info:
             make(cache, data, **settings)
         assert info.value.field == field
+    assert make(cache, data, train_args={"val": True, "time": None}).settings.train_args == {
+        "val": True, "time": None}
+
+
+def test_val_and_time_in_a_base_hyp_are_rejected_too(cache, data, tmp_path):
+    adapter = make(cache, data)
+    with pytest.raises(TrialError, match="val"):
+        adapter.train_args({**adapter.default_hyp(), "val": False}, trial_dir(tmp_path))
+    from tuner.space import load_space
+
+    space = tmp_path / "s.yaml"
+    for key, value in (("val", "false"), ("time", "0.1")):
+        space.write_text(
+            f"trainer: {{adapter: ultralytics, data: {data}, epochs: 2, imgsz: 64}}\n"
+            f"base: {{{key}: {value}}}\n"
+            "space: {lr0: {type: float, low: 0.001, high: 0.1}}\n"
+        )
+        with pytest.raises(InputError, match=f"s.yaml: base.{key}: must"):
+            load_space(space, cache_dir=cache)
+
+
+def test_check_data_refuses_an_ultralytics_older_than_the_floor(cache, data, monkeypatch):
+    assert installed_version() >= MIN_VERSION == (8, 4, 3)
+    monkeypatch.setattr("trainer.ultralytics.installed_version", lambda: (8, 4, 2))
+    with pytest.raises(ConfigError, match=r"ultralytics 8\.4\.2 is older than 8\.4\.3") as info:
+        make(cache, data).check_data()
+    assert info.value.field == "adapter"
+
+
+def test_fitness_is_ultralytics_own_trainer_fitness():
+    """Whatever the trainer scored the epoch (segmentation adds the masks' score), not a
+    formula over the columns."""
+    reporter = RecordingReporter()
+    state = _TrialState(reporter, TrialResult(), 0)
+    state.pending = True
+    trainer = SimpleNamespace(
+        epoch=0, tloss=None, fitness=0.4321,
+        metrics={"metrics/precision(B)": 0.5, "metrics/recall(B)": 0.4,
+                 "metrics/mAP50(B)": 0.3, "metrics/mAP50-95(B)": 0.2, "val/box_loss": 1.0},
+    )
+    state.on_fit_epoch_end(trainer)
+    assert reporter.calls[0][1]["fitness"] == 0.4321
+    assert reporter.calls[0][1]["mAP50"] == 0.3
+    # no trainer.fitness (no validation): the columns' own convention, mAP50-95 alone
+    state.pending = True
+    state.on_fit_epoch_end(SimpleNamespace(**{**vars(trainer), "fitness": None, "epoch": 1}))
+    assert reporter.calls[1][1]["fitness"] == 0.2
+
+
+DEMO = ROOT / "spaces" / "yolo-demo.yaml"
+
+
+def demo_space(tmp_path, base: str = "", space: str = "") -> Path:
+    """spaces/yolo-demo.yaml (2-epoch trials searching mosaic) with its base close_mosaic
+    replaced by ``base`` and ``space`` lines added to its space."""
+    text = DEMO.read_text().replace("  close_mosaic: 0\n", base)
+    assert "close_mosaic: 0" not in text
+    path = tmp_path / "s.yaml"
+    path.write_text(text + space)
+    return path
+
+
+def test_mosaic_searched_in_trials_close_mosaic_empties_is_an_input_error(
+    workdir, capsys, cache
+):
+    """Ultralytics switches mosaic off for the last close_mosaic epochs (default 10): in
+    2-epoch trials from the first, so a searched mosaic would tune noise."""
+    from tuner.space import load_space
+
+    load_space(DEMO, cache_dir=cache)  # as shipped: base close_mosaic 0
+    path = demo_space(workdir)
+    code = main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert ("s.yaml: space.mosaic: Ultralytics turns mosaic, mixup, copy_paste and cutmix "
+            "off for the last close_mosaic epochs") in err
+    assert "close_mosaic 10 (the default) >= trainer.epochs (2)" in err
+    assert "set base close_mosaic below trainer.epochs (2); 0 keeps" in err
+    with pytest.raises(InputError, match=r"space\.mosaic: .*close_mosaic 2 \(base\)"):
+        load_space(demo_space(workdir, "  close_mosaic: 2\n"), cache_dir=cache)
+    load_space(demo_space(workdir, "  close_mosaic: 1\n"), cache_dir=cache)  # epoch 0 has it
+    # a searched close_mosaic that can reach the trials' length
+    with pytest.raises(InputError, match=r"space\.close_mosaic: close_mosaic 3 switches the "
+                                         r"searched mosaic off"):
+        load_space(demo_space(workdir, space="  close_mosaic: {type: int, low: 0, high: 3}\n"),
+                   cache_dir=cache)
+    load_space(demo_space(workdir, space="  close_mosaic: {type: int, low: 0, high: 1}\n"),
+               cache_dir=cache)
+    # a confirmation no longer than close_mosaic would confirm trials without mosaic
+    text = demo_space(workdir, "  close_mosaic: 1\n").read_text().replace(
+        "  baseline: true\n", "  baseline: true\n  confirm: {top_k: 1, n_seeds: 1, epochs: 1}\n")
+    (workdir / "c.yaml").write_text(text)
+    with pytest.raises(InputError, match=r"search\.confirm\.epochs: at 1 epochs: space\.mosaic"):
+        load_space(workdir / "c.yaml", cache_dir=cache)
+
+
+def test_close_mosaic_rule_follows_the_installed_release(workdir, cache, monkeypatch):
+    """Before 8.4.157 Ultralytics closed mosaic at `epoch == epochs - close_mosaic` only: a
+    close_mosaic above the trials' length never closes it, one equal to it does at once."""
+    from tuner.space import load_space
+
+    assert mosaic_closed_at_start(10, 2) and mosaic_closed_at_start(2, 2)
+    assert not mosaic_closed_at_start(1, 2) and not mosaic_closed_at_start(0, 2)
+    assert not mosaic_closed_at_start(10, 2, at_or_after=False)
+    assert mosaic_closed_at_start(2, 2, at_or_after=False)
+    monkeypatch.setattr("trainer.ultralytics.installed_version", lambda: (8, 4, 156))
+    load_space(demo_space(workdir), cache_dir=cache)  # default 10 > 2: never closed there
+    with pytest.raises(InputError, match=r"close_mosaic 2 \(base\) = trainer\.epochs \(2\)"):
+        load_space(demo_space(workdir, "  close_mosaic: 2\n"), cache_dir=cache)
+    with pytest.raises(InputError, match=r"space\.close_mosaic: close_mosaic 2 switches"):
+        load_space(demo_space(workdir, space="  close_mosaic: {type: int, low: 1, high: 5}\n"),
+                   cache_dir=cache)
 
 
 def test_check_data(cache, data, tmp_path):
