@@ -220,8 +220,9 @@ class UltralyticsAdapter(Adapter):
         return self._modules_cache
 
     def limits(self) -> dict[str, tuple[float, float]]:
-        """``freeze`` up to the last module (the head must train); ``unfreeze_epoch`` to epochs."""
-        out: dict[str, tuple[float, float]] = {"unfreeze_epoch": (0, self.settings.epochs)}
+        """``freeze`` up to the last module (the head must train); ``unfreeze_epoch`` up to
+        ``epochs - 1`` (0-based: ``epochs`` would never unfreeze, the schedule of 0)."""
+        out: dict[str, tuple[float, float]] = {"unfreeze_epoch": (0, self.settings.epochs - 1)}
         modules = self.modules()
         if modules:
             out["freeze"] = (0, len(modules) - 1)

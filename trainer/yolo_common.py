@@ -220,7 +220,9 @@ def check_losses(metrics: Mapping[str, float], epoch: int, also: Iterable[str] =
     names = set(also)
     for key, value in metrics.items():
         if ("loss" in key or key in names) and not math.isfinite(value):
-            raise DivergedError(f"non-finite {key} ({value}) at epoch {epoch}: training diverged")
+            raise DivergedError(
+                f"non-finite {key} ({value}) at epoch {epoch + 1}: training diverged"
+            )
 
 
 def _as_float(value: Any) -> float | None:

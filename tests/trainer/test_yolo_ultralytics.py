@@ -265,7 +265,7 @@ def test_declarations_and_limits(cache, data):
     adapter = make(cache, data)
     assert adapter.supported_keys == set(ULTRALYTICS_HYP) | {"freeze", "lr_decay",
                                                              "unfreeze_epoch"}
-    assert adapter.limits() == {"freeze": (0, N_MODULES - 1), "unfreeze_epoch": (0, 2)}
+    assert adapter.limits() == {"freeze": (0, N_MODULES - 1), "unfreeze_epoch": (0, 1)}
     assert adapter.export_format == "ultralytics"
     assert "Detect" in adapter.describe()
 
