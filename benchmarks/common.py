@@ -70,7 +70,7 @@ QUICK = (
     "trainer.weights=none",
     "trainer.imgsz=16",
     "trainer.epochs=2",
-    "space.unfreeze_epoch.high=2",
+    "space.unfreeze_epoch.high=1",  # the last epoch that can still train unfrozen
     "trainer.synthetic.n_train=48",
     "trainer.synthetic.n_val=48",
 )

@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = [
         *task_overrides(args.task),
         f"trainer.epochs={args.epochs}",
-        f"space.unfreeze_epoch.high={args.epochs}",
+        # the last epoch that can still train unfrozen (sections measured before 2026-12-03
+        # 16:00 searched up to args.epochs, a value that never unfroze)
+        f"space.unfreeze_epoch.high={args.epochs - 1}",
         f"search.n_trials={args.n_trials}",
         "search.confirm.top_k=0",  # the trials' overhead only
     ]
