@@ -207,6 +207,36 @@ def test_median_rule_ignores_summaries_never_stops_the_baseline_and_never_pauses
     assert rule.on_trial_result(ctl, other, epoch(1, 0.12)) == TrialScheduler.CONTINUE
 
 
+def test_the_rules_never_stop_a_trial_at_its_last_epoch():
+    """Stopped there, a trial that trained every epoch would end without its summary (no
+    parameter counts, no peak memory): as under the optuna backend, it runs to the end."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.backends.ray import EPOCH_KEY, AshaRule, MedianRule
+
+    median = MedianRule(last_epoch=2, time_attr=EPOCH_KEY, metric="val/acc", mode="max",
+                        grace_period=1, min_samples_required=1)
+    ctl = FakeController()
+    good, bad = FakeTrial("good"), FakeTrial("bad")
+    for n in (1, 2):
+        median.on_trial_result(ctl, good, epoch(n, 0.9))
+    assert median.on_trial_result(ctl, bad, epoch(2, 0.1)) == TrialScheduler.CONTINUE
+    assert median.n_spared == 1
+    unbounded = MedianRule(time_attr=EPOCH_KEY, metric="val/acc", mode="max", grace_period=1,
+                           min_samples_required=1)
+    for n in (1, 2):
+        unbounded.on_trial_result(ctl, good, epoch(n, 0.9))
+    assert unbounded.on_trial_result(ctl, bad, epoch(2, 0.1)) == TrialScheduler.STOP
+    # ASHA with a rung on the last epoch (max_resource = the trials' length)
+    asha = AshaRule(last_epoch=3, time_attr=EPOCH_KEY, metric="val/acc", mode="max", max_t=9,
+                    grace_period=3, reduction_factor=3, brackets=1)
+    for trial in (good, bad):
+        asha.on_trial_add(ctl, trial)
+    assert asha.on_trial_result(ctl, good, epoch(3, 0.9)) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(ctl, bad, epoch(3, 0.1)) == TrialScheduler.CONTINUE
+    assert asha.n_spared == 1 and asha._num_stopped == 0
+
+
 def test_asha_never_stops_the_baseline_and_counts_its_results():
     from ray.tune.schedulers import TrialScheduler
 
@@ -225,6 +255,7 @@ def test_asha_never_stops_the_baseline_and_counts_its_results():
     recorded = [r for milestone, r in rule._brackets[0]._rungs if milestone == 1][0]
     assert recorded["base"] == 0.05  # in the rung's cutoff like any trial
     rule.on_trial_complete(ctl, good, summary())  # ASHA skips a result without its epoch
+    assert all("good" in r for milestone, r in rule._brackets[0]._rungs if milestone == 1)
 
 
 # -- on a real local Ray ---------------------------------------------------------------------

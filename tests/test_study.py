@@ -94,6 +94,54 @@ def test_neither_a_trials_last_epoch_nor_the_baseline_is_pruned():
     assert sorted(study.trials[-1].intermediate_values) == [0, 1, 2, 3]
 
 
+def test_a_search_never_prunes_its_baseline_even_behind_a_better_trial(tmp_path):
+    """The Objective marks the baseline exempt: here it runs after a much better trial (as
+    under several workers), below the median at every epoch, and still trains all 5."""
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    sets = ["search.n_trials=3", "search.pruner.args={n_startup_trials: 1, n_warmup_steps: 0}"]
+    config = load_space(path, sets)
+    adapter = config.make_adapter(tmp_path / "cache")
+    study = st.create_or_load(config, st.open_storage(f"sqlite:///{tmp_path / 'db.sqlite3'}"),
+                              config.to_dict(adapter), "test")
+    study.enqueue_trial({"freeze": 3, "lr0": 0.03, "momentum": 0.9})  # the best there is
+    st.enqueue_baseline(study, config, config.base_hyp(adapter))
+    study.enqueue_trial({"freeze": 0, "lr0": 0.001, "momentum": 0.7})  # the baseline's hyps
+    objective = Objective(config, adapter, config.base_hyp(adapter), tmp_path / "out")
+    st.run(study, objective, config, [])
+    good, base, twin = study.trials
+    assert base.user_attrs["baseline"] and not twin.user_attrs.get("baseline")
+    assert base.state == optuna.trial.TrialState.COMPLETE and base.user_attrs["epochs_run"] == 5
+    # the same hyps without the mark: pruned at the first epoch the median looks at
+    assert twin.state == optuna.trial.TrialState.PRUNED and twin.user_attrs["epochs_run"] == 1
+    assert good.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_an_exempt_trial_still_sets_the_rungs_of_successive_halving():
+    """Successive halving records rung values only when asked: a baseline spared without
+    asking would never be compared against, and a poor trial after it would run on."""
+    from trainer.base import Pruned
+    from tuner.objective import OptunaReporter
+
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    )
+
+    def run(value: float, **kwargs) -> str:
+        reporter = OptunaReporter(study.ask(), "acc", prune=True, n_epochs=4, **kwargs)
+        try:
+            for epoch in range(4):
+                reporter.report(epoch, {"acc": value})
+        except Pruned as exc:
+            return f"pruned at epoch {exc.epoch}"
+        return "ran to the end"
+
+    assert run(0.9, exempt=True) == "ran to the end"
+    assert any(key.startswith("completed_rung") for key in study.trials[0].system_attrs)
+    assert run(0.1) == "pruned at epoch 1"  # below the baseline at the first rung
+
+
 def test_a_failed_baseline_is_queued_again_on_resume(tmp_path):
     """A Ctrl-C (or a lost worker) during the baseline must not leave the study without one."""
     path = tmp_path / "space.yaml"

@@ -195,6 +195,13 @@ class Adapter(ABC):
     def settings_dict(self) -> dict[str, Any]:
         """The resolved settings (defaults filled in), for the saved config."""
 
+    def trial_epochs(self) -> int | None:
+        """The epochs every trial trains, where the adapter itself holds a run to them (None:
+        unknown). The tuner never prunes a trial at its last epoch: it trained them all."""
+        epochs = self.settings_dict().get("epochs")
+        ok = isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0
+        return epochs if ok else None
+
     def hyp_keys(self) -> frozenset[str] | None:
         """The hyp keys this adapter reads, which a space's inline ``base`` is checked against
         (None: it passes any key on, e.g. into the pipeline's own hyp file)."""

@@ -229,6 +229,11 @@ class CommandAdapter(Adapter):
                     raise ConfigError("command", f"unknown placeholder {{{name}}}; known: "
                                                  f"{', '.join(sorted(known))}")
 
+    def trial_epochs(self) -> int | None:
+        """None: ``epochs`` is passed on (``{epochs}``, ``TUNER_EPOCHS``), but how long the
+        script trains is its own affair, so no epoch is taken for its last one."""
+        return None
+
     def limits(self) -> dict[str, tuple[float, float]]:
         return {"unfreeze_epoch": (0, self.settings.epochs)} if "unfreeze_epoch" in \
             self.supported_keys else {}

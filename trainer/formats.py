@@ -277,8 +277,8 @@ def _ultralytics(hyp: Mapping[str, Any], settings: Mapping[str, Any], filename: 
         # often set for the trials' length (close_mosaic >= epochs would switch a searched
         # mosaic off from their first epoch), not for the full run's
         notes.append(f"note: close_mosaic={close_mosaic} is the trials' setting; at the full "
-                     f"length Ultralytics' default {default} switches mosaic, mixup and "
-                     f"copy_paste off for the last {default} epochs")
+                     f"length Ultralytics' default {default} switches mosaic, mixup, "
+                     f"copy_paste and cutmix off for the last {default} epochs")
     header = [f"use with: yolo train cfg={filename}  (or YOLO(model).train(cfg='{filename}'))"]
     header += _epochs_note(settings, "epochs in this file",
                            "add epochs=N to the command (`yolo train` alone trains its "

@@ -125,8 +125,14 @@ class OptunaReporter(TimedReporter):
             self.trial.report(value, epoch)
         if self.on_epoch is not None:
             self.on_epoch(self.trial.number, epoch, metrics)
+        if not self.prune:
+            return
+        # asked even where the answer is ignored: successive halving and Hyperband record a
+        # trial's rung values inside that call, so the baseline and last epochs still set the
+        # bar for the others
+        wanted = self.trial.should_prune()
         last = self.n_epochs is not None and epoch + 1 >= self.n_epochs
-        if self.prune and not self.exempt and not last and self.trial.should_prune():
+        if wanted and not self.exempt and not last:
             raise Pruned(epoch)
 
 
@@ -228,8 +234,7 @@ class Objective:
         self.base_hyp = dict(base_hyp)
         self.out_dir = out_dir
         self.on_epoch = on_epoch
-        epochs = adapter.settings_dict().get("epochs")
-        self.n_epochs = epochs if isinstance(epochs, int) and epochs > 0 else None
+        self.n_epochs = adapter.trial_epochs()
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         try:

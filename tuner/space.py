@@ -742,7 +742,9 @@ def _check_confirm_length(
     try:  # what a searched key means may depend on the length too (Ultralytics' close_mosaic)
         longer.check_space({key: spec.to_dict() for key, spec in space.items()}, hyp)
     except ConfigError as exc:
-        raise ctx.error(field_name, f"at {epochs} epochs: {exc.field}: {exc.message}") from None
+        # the adapter's message speaks of its own length, which here is the confirmation's
+        message = exc.message.replace("trainer.epochs", field_name)
+        raise ctx.error(field_name, f"runs of {epochs} epochs: {exc.field}: {message}") from None
     for key, (lo, hi) in limits.items():
         spec = space.get(key)
         values = [] if spec is None else _extremes(spec)

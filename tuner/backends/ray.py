@@ -160,20 +160,33 @@ def is_baseline(trial: Any) -> bool:
     return bool(getattr(trial, "config", {}).get(BASELINE_KEY))
 
 
+def spared(trial: Any, result: Mapping[str, Any], last_epoch: int | None) -> bool:
+    """Whether a STOP for this result is turned into CONTINUE: the baseline (the report, the
+    confirmation and the export measure against it) and a trial's last epoch (it trained
+    them all: stopped there it would end without its summary), as under the optuna backend."""
+    at_last = last_epoch is not None and int(result.get(EPOCH_KEY, 0)) >= last_epoch
+    return is_baseline(trial) or at_last
+
+
 class MedianRule(MedianStoppingRule):
-    """Ray's median stopping rule, fed only epoch results, that never stops the baseline.
+    """Ray's median stopping rule, fed only epoch results, that never stops the baseline nor
+    a trial at its last epoch (:func:`spared`).
 
     The baseline's results count for the median like any trial's, but the confirmation and
     the report need the baseline COMPLETE, as under the optuna backend.
+
+    Args:
+        last_epoch: The trials' length in epochs, where every trial trains to it.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, last_epoch: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.n_spared = 0  # STOP answers turned into CONTINUE for the baseline
+        self.last_epoch = last_epoch
+        self.n_spared = 0  # STOP answers turned into CONTINUE
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and is_baseline(trial):
+        if decision == TrialScheduler.STOP and spared(trial, result, self.last_epoch):
             # a stopped trial may never report again (Ray asserts that under hard_stop)
             self._stopped_trials.discard(trial)
             self.n_spared += 1
@@ -200,28 +213,38 @@ class MedianRule(MedianStoppingRule):
 
 
 class AshaRule(ASHAScheduler):
-    """Ray's ASHA that never stops the baseline; its results still fill the rungs."""
+    """Ray's ASHA that never stops the baseline nor a trial at its last epoch
+    (:func:`spared`); their results still fill the rungs.
 
-    def __init__(self, **kwargs: Any) -> None:
+    Args:
+        last_epoch: The trials' length in epochs, where every trial trains to it.
+    """
+
+    def __init__(self, last_epoch: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.n_spared = 0  # STOP answers turned into CONTINUE for the baseline
+        self.last_epoch = last_epoch
+        self.n_spared = 0  # STOP answers turned into CONTINUE
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         # the bracket records the result before it answers, so the rung's cutoff counts it
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and is_baseline(trial):
+        if decision == TrialScheduler.STOP and spared(trial, result, self.last_epoch):
             self._num_stopped -= 1
             self.n_spared += 1
             return TrialScheduler.CONTINUE
         return decision
 
 
-def make_scheduler(config: Any, max_epochs: int | None) -> Any:
+def make_scheduler(
+    config: Any, max_epochs: int | None, last_epoch: int | None = None
+) -> Any:
     """Ray's counterpart of the space's pruner (FIFO for multi-objective studies).
 
     median -> MedianStoppingRule (:class:`MedianRule`); successive_halving and hyperband ->
     ASHA (:class:`AshaRule`: asynchronous, like Optuna's pruners; hyperband gets several
-    brackets); none -> FIFO. Time is counted in epochs; neither stops the baseline trial.
+    brackets); none -> FIFO. Time is counted in epochs (from 1: ASHA's first rung at
+    ``min_resource`` epochs is one epoch before Optuna's, whose steps count from 0); neither
+    stops the baseline trial nor a trial at ``last_epoch`` (:meth:`Adapter.trial_epochs`).
     """
     pruner = config.search.pruner
     args = dict(pruner.args)
@@ -235,6 +258,7 @@ def make_scheduler(config: Any, max_epochs: int | None) -> Any:
     }
     if pruner.name == "median":
         return MedianRule(
+            last_epoch=last_epoch,
             **common,
             # Optuna's warm-up steps are epochs never pruned; Ray's grace is the first epoch
             # (1-based) at which it may stop a trial
@@ -252,7 +276,8 @@ def make_scheduler(config: Any, max_epochs: int | None) -> Any:
     if pruner.name == "hyperband":
         n_brackets = max(1, int(math.log(max(max_t / grace, 1)) / math.log(factor)) + 1)
     return AshaRule(
-        **common, max_t=max_t, grace_period=grace, reduction_factor=factor, brackets=n_brackets
+        last_epoch=last_epoch, **common, max_t=max_t, grace_period=grace,
+        reduction_factor=factor, brackets=n_brackets,
     )
 
 
@@ -495,7 +520,9 @@ def run(job: SearchJob) -> None:
     max_epochs = job.adapter.settings_dict().get("epochs")
     searcher = StudySearch(
         job,
-        max_epochs=max_epochs if isinstance(max_epochs, int) else None,
+        # a trial Ray stops at its last epoch counts as complete only where the adapter holds
+        # every trial to that length
+        max_epochs=job.adapter.trial_epochs(),
         space=_space_function(config),
         metric=metric,
         mode=mode,
@@ -517,7 +544,11 @@ def run(job: SearchJob) -> None:
         fn,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=make_scheduler(config, max_epochs if isinstance(max_epochs, int) else None),
+            scheduler=make_scheduler(
+                config,
+                max_epochs if isinstance(max_epochs, int) else None,
+                last_epoch=job.adapter.trial_epochs(),
+            ),
             num_samples=-1,  # the searcher says FINISHED when the study's total is reached
             max_concurrent_trials=job.options.concurrency,
             # one actor (process) runs trial after trial: data is decoded once per worker
