@@ -305,8 +305,8 @@ def test_ray_scheduler_never_stops_the_baseline(local_ray, workdir, monkeypatch,
     schedulers = []
     real = ray_backend.make_scheduler
 
-    def keep(*args):
-        schedulers.append(real(*args))
+    def keep(*args, **kwargs):
+        schedulers.append(real(*args, **kwargs))
         return schedulers[-1]
 
     monkeypatch.setattr(ray_backend, "make_scheduler", keep)
