@@ -168,12 +168,10 @@ def spared(trial: Any, result: Mapping[str, Any], last_epoch: int | None) -> boo
     return is_baseline(trial) or at_last
 
 
-class MedianRule(MedianStoppingRule):
-    """Ray's median stopping rule, fed only epoch results, that never stops the baseline nor
-    a trial at its last epoch (:func:`spared`).
-
-    The baseline's results count for the median like any trial's, but the confirmation and
-    the report need the baseline COMPLETE, as under the optuna backend.
+class _Sparing:
+    """Mixin for a Ray scheduler that never stops the baseline nor a trial at its last epoch
+    (:func:`spared`): their results still count in its statistics, and a STOP the scheduler
+    answers for them becomes CONTINUE, undone in its bookkeeping by :meth:`_unstop`.
 
     Args:
         last_epoch: The trials' length in epochs, where every trial trains to it.
@@ -185,13 +183,30 @@ class MedianRule(MedianStoppingRule):
         self.n_spared = 0  # STOP answers turned into CONTINUE
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        # the scheduler records the result before it answers, so its statistics count it
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and spared(trial, result, self.last_epoch):
-            # a stopped trial may never report again (Ray asserts that under hard_stop)
-            self._stopped_trials.discard(trial)
+            self._unstop(trial)
             self.n_spared += 1
             return TrialScheduler.CONTINUE
         return decision
+
+    def _unstop(self, trial: Any) -> None:
+        """Forget that the scheduler stopped ``trial`` (it runs on)."""
+        raise NotImplementedError
+
+
+class MedianRule(_Sparing, MedianStoppingRule):
+    """Ray's median stopping rule, fed only epoch results, that never stops the baseline nor
+    a trial at its last epoch (:class:`_Sparing`).
+
+    The baseline's results count for the median like any trial's, but the confirmation and
+    the report need the baseline COMPLETE, as under the optuna backend.
+    """
+
+    def _unstop(self, trial: Any) -> None:
+        # a stopped trial may never report again (Ray asserts that under hard_stop)
+        self._stopped_trials.discard(trial)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         # Ray passes the trial's last result: for a trial that trained to the end that is the
@@ -212,27 +227,12 @@ class MedianRule(MedianStoppingRule):
         return TrialScheduler.CONTINUE
 
 
-class AshaRule(ASHAScheduler):
+class AshaRule(_Sparing, ASHAScheduler):
     """Ray's ASHA that never stops the baseline nor a trial at its last epoch
-    (:func:`spared`); their results still fill the rungs.
+    (:class:`_Sparing`); their results still fill the rungs."""
 
-    Args:
-        last_epoch: The trials' length in epochs, where every trial trains to it.
-    """
-
-    def __init__(self, last_epoch: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.last_epoch = last_epoch
-        self.n_spared = 0  # STOP answers turned into CONTINUE
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        # the bracket records the result before it answers, so the rung's cutoff counts it
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and spared(trial, result, self.last_epoch):
-            self._num_stopped -= 1
-            self.n_spared += 1
-            return TrialScheduler.CONTINUE
-        return decision
+    def _unstop(self, trial: Any) -> None:
+        self._num_stopped -= 1
 
 
 def make_scheduler(
