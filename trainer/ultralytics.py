@@ -66,6 +66,7 @@ from trainer.yolo_common import (
     ULTRALYTICS_HYP,
     ULTRALYTICS_METRICS,
     SettingsReader,
+    as_float,
     check_losses,
     module_table,
     normalise_metrics,
@@ -512,7 +513,7 @@ class _TrialState:
         # Ultralytics' own score, what its best.pt and early stopping go by, exactly as the
         # installed version computes it (its weights changed in 8.3.198; segmentation and pose
         # add the masks' or keypoints' score), not one recomputed from the columns.
-        own = _as_number(getattr(trainer, "fitness", None))
+        own = as_float(getattr(trainer, "fitness", None))
         if own is not None:
             metrics["fitness"] = own
         epoch = int(trainer.epoch)
@@ -787,16 +788,6 @@ def _and(words: Sequence[str]) -> str:
 
 def _number_text(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def _as_number(value: Any) -> float | None:
-    """A float from a number, numpy scalar or 0-d tensor; None for None or anything else."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value.item() if hasattr(value, "item") else value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _int_hyp(hyp: Mapping[str, Any], key: str) -> int:

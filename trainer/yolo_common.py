@@ -171,7 +171,7 @@ def normalise_metrics(raw: Mapping[str, Any]) -> dict[str, float]:
         key = str(key).strip()
         if key.startswith(_SKIPPED_PREFIXES):
             continue
-        number = _as_float(value)
+        number = as_float(value)
         if number is None:
             continue
         out[_METRIC_ALIASES.get(key, key)] = number
@@ -188,7 +188,7 @@ def add_aliases(raw: Mapping[str, Any]) -> dict[str, float]:
     script writes itself wins).
     """
     out = {str(k).strip(): v for k, v in raw.items()}
-    out = {k: n for k, v in out.items() if (n := _as_float(v)) is not None}
+    out = {k: n for k, v in out.items() if (n := as_float(v)) is not None}
     for key, value in normalise_metrics(out).items():
         out.setdefault(key, value)
     return out
@@ -225,7 +225,9 @@ def check_losses(metrics: Mapping[str, float], epoch: int, also: Iterable[str] =
             )
 
 
-def _as_float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
+    """A float from a number, numpy or torch scalar or numeric string; None for anything else
+    (booleans included)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
