@@ -900,9 +900,7 @@ def build_summary(trials: Sequence[FrozenTrial], info: StudyInfo) -> Summary:
         train_seconds=sum(attr(t, "train_seconds") for t in trials),
         wall_seconds=sum(attr(t, "wall_seconds") for t in trials),
         n_pruned=len(pruned),
-        n_diverged=sum(
-            1 for t in trials if t.state == TrialState.PRUNED and t.user_attrs.get("diverged")
-        ),
+        n_diverged=by_state["PRUNED"] - len(pruned),
         n_epochs_full=n_full,
         n_epochs_saved=n_saved,
         seconds_saved=seconds_saved if mean_rate is not None else None,
