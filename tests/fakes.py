@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -34,6 +35,10 @@ class CurveSettings:
     # lr0 above this peaks at its third epoch and then halves each epoch (like YOLO's lrf 1
     # with momentum 0.98): the best epoch looks good, the last one does not
     collapse_above_lr0: float | None = None
+    # the Nth run of this process sends itself SIGINT from inside a __del__ at its first epoch,
+    # where Python prints and ignores the KeyboardInterrupt (as in a garbage-collection
+    # callback): only the tuner's own record of the signal can stop the search then
+    sigint_in_finalizer_at_run: int | None = None
 
 
 class CurveAdapter(Adapter):
@@ -54,6 +59,7 @@ class CurveAdapter(Adapter):
             raise ConfigError("epochs", "must be a positive integer")
         self.settings = CurveSettings(**settings)
         self.n_prepared = 0
+        self.n_runs = 0
 
     @classmethod
     def default_hyp(cls) -> dict[str, Any]:
@@ -104,6 +110,7 @@ class CurveAdapter(Adapter):
             peak_memory_mb=1.0,
         )
         s = self.settings
+        self.n_runs += 1
         if s.exit_at_lr0 is not None and hyp["lr0"] == s.exit_at_lr0:
             os._exit(3)
         if s.crash_above_lr0 is not None and hyp["lr0"] > s.crash_above_lr0:
@@ -117,6 +124,8 @@ class CurveAdapter(Adapter):
         for epoch in range(s.epochs):
             if s.sleep:
                 time.sleep(s.sleep)
+            if epoch == 0 and self.n_runs == s.sigint_in_finalizer_at_run:
+                _SignalsWhenCollected()
             if s.fail_above_lr0 is not None and hyp["lr0"] > s.fail_above_lr0:
                 raise DivergedError(f"non-finite loss at epoch {epoch + 1}", result)
             acc = q * (1 - math.exp(-(epoch + 1)))
@@ -134,6 +143,16 @@ class CurveAdapter(Adapter):
                 exc.result = result
                 raise
         return result
+
+
+class _SignalsWhenCollected:
+    """Sends SIGINT to this process from ``__del__`` (run when the last reference goes)."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+        # the handler runs at the next bytecode boundary, still inside __del__
+        for _ in range(1000):
+            pass
 
 
 class NoSeedCurveAdapter(CurveAdapter):

@@ -9,6 +9,7 @@ setup's: it is PRUNED with its reason, so the sampler learns from it.
 from __future__ import annotations
 
 import math
+import sys
 
 import optuna
 import pytest
@@ -226,3 +227,22 @@ def test_ctrl_c_in_the_trainer_fails_that_trial_as_interrupted_and_keeps_the_oth
     assert len(study.trials) == 3 and study.trials[2].state == FAIL
     assert all(t.state in FINISHED for t in study.trials[:2])  # finished ones are kept
     assert study.trials[2].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+
+
+def test_a_ctrl_c_that_python_swallows_still_stops_the_search_at_the_next_epoch(
+    workdir, monkeypatch
+):
+    """SIGINT handled inside a ``__del__`` (as in a garbage-collection callback) is printed and
+    ignored by Python; the tuner's record of the signal stops the search all the same."""
+    swallowed = []  # what Python ignored ("Exception ignored in ..." outside pytest)
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable))
+    space = SPACE.format(setting="sigint_in_finalizer_at_run").replace("run: 0.01", "run: 3")
+    (workdir / "f.yaml").write_text(space)
+    assert main(["search", "--space", "f.yaml"]) == 130
+    assert [u.exc_type for u in swallowed] == [KeyboardInterrupt]
+    study = optuna.load_study(study_name="f", storage=URL)
+    assert len(study.trials) == 3 and study.trials[2].state == FAIL
+    assert all(t.state in FINISHED for t in study.trials[:2])
+    assert study.trials[2].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+    # the first epoch's report raised it, before reporting
+    assert study.trials[2].intermediate_values == {}

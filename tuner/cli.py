@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from tuner import interrupt
 from tuner.errors import InputError, TunerError
 
 EXIT_INTERRUPTED = 130
@@ -831,10 +830,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits 2 on usage errors
     args.argv = argv
     args.debug = debug
-    previous = _sigterm_as_interrupt()
     # --debug adds the traceback; the exit code stays the same, so scripts read it either way
     try:
-        return args.func(args)
+        with interrupt.handled():
+            return args.func(args)
     except TunerError as exc:
         if debug:
             traceback.print_exc()
@@ -853,23 +852,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt("SIGTERM")
-
-
-def _sigterm_as_interrupt() -> Any:
-    """SIGTERM (a batch system's time limit, ``docker stop``, ``kill``) stops like Ctrl-C.
-
-    Python's default for it ends the process at once, without the cleanup Ctrl-C gets: the
-    running trial would stay RUNNING, the best-so-far file unwritten and a training
-    subprocess in its own session left running. Returns the handler to restore (None off the
-    main thread, where no handler can be set).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trainer.base import Adapter, NullReporter
+from tuner import interrupt
 from tuner.errors import InputError
 from tuner.objective import (
     checked_metric,
@@ -402,6 +403,7 @@ def run_confirm(
         run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         try:
+            interrupt.check()
             result = adapters[seed].run(trial_hyp(study, trial), _Finite(target.metric), run_dir)
             value: float | None = target_value(result, target, how)
             reasons[trial.number].pop(seed, None)
@@ -483,6 +485,7 @@ class _Finite(NullReporter):
         self.metric = metric
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        interrupt.check()  # an interrupt Python swallowed where it landed stops the run here
         checked_metric(self.metric, epoch, metrics)
         super().report(epoch, metrics)
 

@@ -24,6 +24,7 @@ import optuna
 
 from trainer.base import Adapter, DivergedError, Pruned, TrialError, TrialResult
 from trainer.yaml_io import dump_yaml
+from tuner import interrupt
 from tuner.samplers import DIVERGED_ATTR
 from tuner.space import ParamSpec, StudyConfig, Target
 from tuner.study import set_user_attrs
@@ -74,6 +75,8 @@ class TimedReporter:
     seconds: float = 0.0
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        # an interrupt that landed where Python swallows it stops the trial here
+        interrupt.check()
         started = time.perf_counter()
         try:
             self._report(epoch, metrics)
@@ -238,6 +241,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         try:
+            interrupt.check()  # one that arrived between trials, where Python swallowed it
             return self._trial(trial)
         except optuna.TrialPruned:
             raise
