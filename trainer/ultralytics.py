@@ -23,7 +23,8 @@ detection mAP50-95 alone since 8.3.198 (0.1 mAP50 + 0.9 mAP50-95 before, as in Y
 :class:`Pruned` raised by the reporter leaves the training loop at once: no further epoch, no
 final validation, and the checkpoints keep their optimizer state, so the run is not marked
 finished; its data loaders are closed before the signal propagates. ``train_args`` may not
-turn per-epoch validation off (``val: false``) or set a time limit (``time``), and a space
+turn per-epoch validation off (``val: false``), set a time limit (``time``) or an early stop
+inside the trials (``patience`` below ``epochs``), and a space
 may not search mosaic, mixup or copy_paste in trials that ``close_mosaic`` leaves without them
 (:meth:`UltralyticsAdapter.check_space`).
 
@@ -68,6 +69,7 @@ from trainer.yolo_common import (
     SettingsReader,
     as_float,
     check_losses,
+    early_stop_problem,
     module_table,
     normalise_metrics,
     offline_env,
@@ -160,11 +162,12 @@ class UltralyticsAdapter(Adapter):
         reader = SettingsReader(settings, UltralyticsSettings.__dataclass_fields__)
         imgsz = reader.integer("imgsz", 640, minimum=32)
         train_args = reader.mapping("train_args")
+        epochs = reader.integer("epochs", 10, minimum=1)
         for key, value in train_args.items():
             if key in MANAGED_ARGS or key in ULTRALYTICS_HYP or key in FREEZE_DEFAULTS:
                 raise ConfigError(f"train_args.{key}", "is set by the adapter (a setting or a "
                                                        "hyp key); set it there")
-            problem = _rejected_arg(key, value)
+            problem = _rejected_arg(key, value, epochs)
             if problem:
                 raise ConfigError(f"train_args.{key}", problem)
         device = reader.string("device", "auto").lower()
@@ -180,7 +183,7 @@ class UltralyticsAdapter(Adapter):
         self.settings = UltralyticsSettings(
             model=_resolve_model(reader.string("model", "yolov8n.yaml")),
             data=reader.path("data", "synthetic", words=("synthetic",)),
-            epochs=reader.integer("epochs", 10, minimum=1),
+            epochs=epochs,
             imgsz=imgsz,
             batch=reader.integer("batch", 16, minimum=1),
             device=device,
@@ -255,10 +258,11 @@ class UltralyticsAdapter(Adapter):
         trials no longer than that, from the first epoch (see :func:`mosaic_closed_at_start`),
         so every trial would train without them and their search would rank noise.
         """
-        for key in _REJECTED_TRAIN_ARGS:  # a base hyp passes train arguments on too
-            problem = _rejected_arg(key, hyp.get(key, _REJECTED_TRAIN_ARGS[key][0]))
-            if problem:
-                raise ConfigError(f"base.{key}", problem)
+        for key in (*_REJECTED_TRAIN_ARGS, "patience"):  # a base hyp passes them on too
+            if key in hyp:
+                problem = _rejected_arg(key, hyp[key], self.settings.epochs)
+                if problem:
+                    raise ConfigError(f"base.{key}", problem)
         closed = [key for key in CLOSED_BY_CLOSE_MOSAIC if key in searched]
         if not closed:
             return
@@ -379,7 +383,7 @@ class UltralyticsAdapter(Adapter):
             if key in MANAGED_ARGS or key not in DEFAULT_CFG_DICT:
                 raise TrialError(f"hyp key {key!r} is not an Ultralytics train argument the "
                                  "adapter can pass on; remove it from the base hyp")
-            problem = _rejected_arg(key, value)
+            problem = _rejected_arg(key, value, s.epochs)
             if problem:
                 raise TrialError(f"hyp key {key}: {problem}")
             args[key] = _plain(value)
@@ -729,8 +733,11 @@ def _device(device: str) -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
-def _rejected_arg(key: str, value: Any) -> str | None:
-    """Why the train argument ``key`` may not be ``value`` (None when it may)."""
+def _rejected_arg(key: str, value: Any, epochs: int) -> str | None:
+    """Why the train argument ``key`` may not be ``value`` in runs of ``epochs`` (None when it
+    may)."""
+    if key == "patience":
+        return early_stop_problem(value, epochs)
     if key not in _REJECTED_TRAIN_ARGS:
         return None
     allowed, why = _REJECTED_TRAIN_ARGS[key]

@@ -225,6 +225,21 @@ def check_losses(metrics: Mapping[str, float], epoch: int, also: Iterable[str] =
             )
 
 
+def early_stop_problem(patience: Any, epochs: int) -> str | None:
+    """Why an early-stop ``patience`` would cut some runs of ``epochs`` short (None if none).
+
+    YOLOv5 and Ultralytics stop once ``patience`` epochs passed without a better fitness (0 or
+    unset: never). At or above ``epochs`` no trial is cut; below it trials would train
+    different lengths, ranked on where they stopped as much as on their hyps.
+    """
+    value = as_float(patience)
+    if value is None or value <= 0 or value >= epochs:
+        return None  # a value that is no number is the trainer's own error to name
+    return (f"{value:g} would stop trials that stop improving before their {epochs} epochs, "
+            "so trials would train different lengths (the pruner's epochs would not "
+            f"compare): leave it unset or at least trainer.epochs ({epochs})")
+
+
 def as_float(value: Any) -> float | None:
     """A float from a number, numpy or torch scalar or numeric string; None for anything else
     (booleans included)."""

@@ -31,7 +31,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,9 @@ from trainer.yolo_common import (
     YOLOV5_METRICS,
     ProcessRun,
     SettingsReader,
+    as_float,
     check_losses,
+    early_stop_problem,
     module_table,
     normalise_metrics,
     offline_env,
@@ -62,6 +64,17 @@ _MANAGED_FLAGS = (
     "--workers", "--noplots", "--evolve", "--resume", "--seed",
 )
 _N_LOG_LINES = 20
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``args`` (``--flag V`` or ``--flag=V``; the last one wins)."""
+    value = None
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,10 @@ class YoloV5Adapter(Adapter):
         for arg in extra_args:
             if arg.split("=")[0] in _MANAGED_FLAGS:
                 raise ConfigError("extra_args", f"{arg} is set by the adapter; use the setting")
+        epochs = reader.integer("epochs", 30, minimum=1)
+        problem = early_stop_problem(_flag_value(extra_args, "--patience"), epochs)
+        if problem:
+            raise ConfigError("extra_args", f"--patience {problem}")
         env = reader.mapping("env")
         for key, value in env.items():
             if not isinstance(value, str | int | float) or isinstance(value, bool):
@@ -128,7 +145,7 @@ class YoloV5Adapter(Adapter):
             cfg=_resolve_cfg(cfg, yolov5_dir) if cfg else None,
             imgsz=imgsz,
             batch=reader.integer("batch", 16, minimum=1),
-            epochs=reader.integer("epochs", 30, minimum=1),
+            epochs=epochs,
             device=reader.string("device", "", allow_empty=True),
             workers=reader.integer("workers", None, minimum=0),
             seed=reader.integer("seed", None, minimum=0),
@@ -274,12 +291,18 @@ class YoloV5Adapter(Adapter):
                                     "command": shlex.join(cmd)})
         proc = ProcessRun()
 
+        numbers: list[float] = []  # the rows' own epoch column
+
         def on_row(row: dict[str, Any]) -> None:
             epoch = result.epochs_run
-            if epoch >= s.epochs:
-                # on COCO, train.py validates best.pt after the last epoch and writes that as
-                # one more row: not an epoch (it would be the best checkpoint's metrics)
+            number = as_float(row.get("epoch"))
+            # On COCO, train.py validates best.pt after training and writes that as one more
+            # row, numbered as the last epoch again (before `epochs` after an early stop,
+            # --patience): not an epoch, it holds the best checkpoint's metrics.
+            if epoch >= s.epochs or (number is not None and numbers and number <= numbers[-1]):
                 return
+            if number is not None:
+                numbers.append(number)
             metrics = normalise_metrics(row)
             result.train_seconds = time.perf_counter() - proc.started
             check_losses(metrics, epoch, also=("fitness",))

@@ -292,29 +292,38 @@ def test_settings_validation(cache, data):
                             # no per-epoch validation: stale metrics, pruned on them
                             ({"train_args": {"val": False}}, "train_args.val"),
                             # a time limit rewrites epochs: trials of unequal length
-                            ({"train_args": {"time": 0.5}}, "train_args.time")):
+                            ({"train_args": {"time": 0.5}}, "train_args.time"),
+                            # an early stop inside the trials: trials of unequal length
+                            ({"epochs": 5, "train_args": {"patience": 3}},
+                             "train_args.patience")):
         with pytest.raises(ConfigError) as info:
             make(cache, data, **settings)
         assert info.value.field == field
     assert make(cache, data, train_args={"val": True, "time": None}).settings.train_args == {
         "val": True, "time": None}
+    # at or above the trials' length, or 0 (Ultralytics: never), no trial stops early
+    for patience in (0, 5, 100):
+        make(cache, data, epochs=5, train_args={"patience": patience})
 
 
-def test_val_and_time_in_a_base_hyp_are_rejected_too(cache, data, tmp_path):
+def test_val_time_and_patience_in_a_base_hyp_are_rejected_too(cache, data, tmp_path):
     adapter = make(cache, data)
     with pytest.raises(TrialError, match="val"):
         adapter.train_args({**adapter.default_hyp(), "val": False}, trial_dir(tmp_path))
     from tuner.space import load_space
 
     space = tmp_path / "s.yaml"
-    for key, value in (("val", "false"), ("time", "0.1")):
+    for key, value, says in (("val", "false", "must"), ("time", "0.1", "must"),
+                             ("patience", "1", "1 would stop trials")):
         space.write_text(
             f"trainer: {{adapter: ultralytics, data: {data}, epochs: 2, imgsz: 64}}\n"
             f"base: {{{key}: {value}}}\n"
             "space: {lr0: {type: float, low: 0.001, high: 0.1}}\n"
         )
-        with pytest.raises(InputError, match=f"s.yaml: base.{key}: must"):
+        with pytest.raises(InputError, match=f"s.yaml: base.{key}: {says}"):
             load_space(space, cache_dir=cache)
+    with pytest.raises(TrialError, match="patience"):
+        adapter.train_args({**adapter.default_hyp(), "patience": 1}, trial_dir(tmp_path, "0004"))
 
 
 def test_check_data_refuses_an_ultralytics_older_than_the_floor(cache, data, monkeypatch):

@@ -149,13 +149,17 @@ def test_crash_is_a_trial_error_with_the_log_tail(tmp_path, files):
     assert info.value.result.epochs_run == 1
 
 
-def test_the_best_checkpoint_row_after_the_last_epoch_is_no_epoch(tmp_path, files):
-    adapter = make(tmp_path, files, epochs=3, env={"FAKE_YOLOV5_SLEEP": "0.05",
-                                                    "FAKE_YOLOV5_COCO": "1"})
+@pytest.mark.parametrize("stop_after", [None, 2], ids=["last-epoch", "early-stop"])
+def test_the_best_checkpoint_row_after_the_last_epoch_is_no_epoch(tmp_path, files, stop_after):
+    env = {"FAKE_YOLOV5_SLEEP": "0.05", "FAKE_YOLOV5_COCO": "1"}
+    if stop_after:  # --patience ended training early: the extra row comes before `epochs`
+        env["FAKE_YOLOV5_STOP_AFTER"] = str(stop_after)
+    adapter = make(tmp_path, files, epochs=3, env=env)
     reporter = RecordingReporter()
     result = adapter.run(adapter.default_hyp(), reporter, trial_dir(tmp_path))
-    assert [epoch for epoch, _ in reporter.calls] == [0, 1, 2]
-    assert result.epochs_run == 3 and result.history[-1]["mAP50"] < 0.99
+    n_epochs = stop_after or 3
+    assert [epoch for epoch, _ in reporter.calls] == list(range(n_epochs))
+    assert result.epochs_run == n_epochs and result.history[-1]["mAP50"] < 0.99
 
 
 def test_nan_loss_stops_the_run(tmp_path, files):
@@ -203,6 +207,13 @@ def test_settings_validation(tmp_path, files):
     with pytest.raises(ConfigError) as info:
         make(tmp_path, files, extra_args=["--freeze", "3"])
     assert info.value.field == "extra_args"
+    # an early stop inside the trials would make trials of unequal length
+    for args in (["--patience", "3"], ["--cos-lr", "--patience=4"]):
+        with pytest.raises(ConfigError, match="--patience .* before their 5 epochs") as info:
+            make(tmp_path, files, epochs=5, extra_args=args)
+        assert info.value.field == "extra_args"
+    for args in (["--patience", "0"], ["--patience", "5"], ["--patience=100"]):
+        make(tmp_path, files, epochs=5, extra_args=args)
 
 
 def test_check_data_messages(tmp_path, files):
