@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from tuner import study as st
@@ -284,6 +284,34 @@ def test_importances_of_few_trials_with_a_constant_param_or_objective():
     assert imp.method == "fANOVA" and imp.by_objective["val/acc"]["x"] == pytest.approx(1.0)
     assert imp.by_objective["train_time"] == {"x": 0.0, "freeze": 0.0}
     assert "the same in every complete trial: freeze, train_time" in imp.note
+
+
+def test_rank_importance_does_not_favour_a_categorical_for_its_many_choices(monkeypatch):
+    """Eight trials: lr sets the objective, a four-choice categorical is noise. Ranking each
+    choice by its own trials' mean objective gave the categorical 16% of the importance."""
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # the rank-correlation fallback
+    lr = [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.8, 0.9]
+    aug = ["a", "b", "c", "d", "c", "d", "a", "b"]  # each choice has a low and a high lr
+
+    def study_of(value):
+        study = hand_made()
+        for i in range(8):
+            study.add_trial(create_trial(
+                state=TrialState.COMPLETE, values=[value(i)],
+                params={"freeze": 0, "lr": lr[i], "aug": aug[i]},
+                distributions={"freeze": IntDistribution(0, 5),
+                               "lr": FloatDistribution(0.0, 1.0),
+                               "aug": CategoricalDistribution(["a", "b", "c", "d"])},
+            ))
+        return build_importances(study, study_info(study))
+
+    imp = study_of(lambda i: lr[i] + 0.001 * (i % 3))
+    assert imp.method == "rank correlation" and "adjusted for chance" in imp.note
+    assert imp.by_objective["val/acc"] == {"lr": 1.0, "aug": 0.0, "freeze": 0.0}
+    # a categorical that does set the objective is seen as such
+    by_choice = {"a": 0.1, "b": 0.4, "c": 0.6, "d": 0.9}
+    values = study_of(lambda i: by_choice[aug[i]] + 0.01 * lr[i]).by_objective["val/acc"]
+    assert values["aug"] > 0.7 > values["lr"]
 
 
 # -- hand-made studies: exact numbers --------------------------------------------------------

@@ -379,8 +379,8 @@ def build_importances(study: Any, info: StudyInfo) -> Importances:
     PED-ANOVA (which handles conditional parameters: a trial without a parameter is its own
     regime) when there are at least :data:`MIN_PED_ANOVA_TRIALS` complete trials; below that
     fANOVA on the parameters every complete trial has (when scikit-learn is installed), else
-    the absolute Spearman rank correlation of each parameter with each objective over the
-    trials that have it.
+    the rank correlation of each parameter with each objective over the trials that have it,
+    adjusted for chance (:func:`_rank_importance`).
     """
     trials = study.get_trials(deepcopy=False)
     complete = complete_trials(trials)
@@ -423,7 +423,8 @@ def build_importances(study: Any, info: StudyInfo) -> Importances:
     }
     return Importances(
         "rank correlation", by_objective, n,
-        f"|Spearman rank correlation| with each objective: {reason}, {why_not}",
+        "rank correlation with each objective, adjusted for chance (|Spearman rho| for "
+        f"numbers, the correlation ratio for categoricals): {reason}, {why_not}",
     )
 
 
@@ -498,27 +499,44 @@ def _fanova(
 
 
 def _rank_importance(complete: Sequence[FrozenTrial], param: str, k: int) -> float:
-    from scipy.stats import spearmanr
+    """How much of the objective's rank order ``param`` explains, beyond chance.
+
+    The square root of the adjusted R² of the objective's ranks regressed on the parameter:
+    its ranks for a number (|Spearman ρ|, adjusted for one predictor), one level per choice for
+    a categorical (the correlation ratio, adjusted for choices - 1 predictors). Unadjusted, a
+    parameter explains the more the more levels it has (with as many choices as trials, all of
+    it): ranking choices by their own trials' mean objective made an irrelevant categorical
+    look like the most important parameter of a small study.
+    """
+    from scipy.stats import rankdata, spearmanr
 
     rows = [(t.params[param], t.values[k]) for t in complete if param in t.params]
     if len(rows) < 3:
         return 0.0
     dist = next(t.distributions[param] for t in complete if param in t.params)
-    xs = [r[0] for r in rows]
-    if isinstance(dist, CategoricalDistribution):
-        # choices have no order: rank them by their mean objective value instead
-        means: dict[str, list[float]] = {}
-        for x, y in rows:
-            means.setdefault(repr(x), []).append(y)
-        order = {c: sum(v) / len(v) for c, v in means.items()}
-        xs = [order[repr(x)] for x in xs]
-    ys = [r[1] for r in rows]
-    if len(set(xs)) < 2 or len(set(ys)) < 2:
+    ranks = rankdata([y for _, y in rows])
+    if len(set(ranks)) < 2 or len({repr(x) for x, _ in rows}) < 2:
         return 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = spearmanr(xs, ys).statistic
-    return abs(float(rho)) if _finite(rho) else 0.0
+    if isinstance(dist, CategoricalDistribution):
+        levels: dict[str, list[float]] = {}
+        for (x, _), r in zip(rows, ranks):
+            levels.setdefault(repr(x), []).append(float(r))
+        mean = float(ranks.mean())
+        between = sum(len(v) * (sum(v) / len(v) - mean) ** 2 for v in levels.values())
+        r2 = between / float(((ranks - mean) ** 2).sum())
+        n_predictors = len(levels) - 1
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rho = spearmanr([x for x, _ in rows], ranks).statistic
+        if not _finite(rho):
+            return 0.0
+        r2, n_predictors = float(rho) ** 2, 1
+    n = len(rows)
+    if n - n_predictors - 1 <= 0:
+        return 0.0  # as many levels as trials can explain anything: no evidence
+    adjusted = 1.0 - (1.0 - r2) * (n - 1) / (n - n_predictors - 1)
+    return math.sqrt(max(0.0, adjusted))
 
 
 def _normalise(raw: dict[str, float]) -> dict[str, float]:
