@@ -215,7 +215,10 @@ class Adapter(ABC):
         return {}
 
     def check_space(
-        self, searched: Mapping[str, Mapping[str, Any]], hyp: Mapping[str, Any]
+        self,
+        searched: Mapping[str, Mapping[str, Any]],
+        hyp: Mapping[str, Any],
+        length_field: str = "trainer.epochs",
     ) -> None:
         """Check the searched keys against the settings and the values every trial starts from.
 
@@ -228,6 +231,8 @@ class Adapter(ABC):
             searched: Each searched key with its space-file form (``type`` and ``low`` /
                 ``high``, or ``choices``).
             hyp: The adapter's defaults overridden by the space's ``base``.
+            length_field: The space field that set this adapter's length, for messages
+                (``search.confirm.epochs`` when the confirmation runs are checked).
 
         Raises:
             ConfigError: Whose ``field`` is a field of the space file itself (``space.mosaic``,

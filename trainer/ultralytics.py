@@ -249,7 +249,10 @@ class UltralyticsAdapter(Adapter):
     # -- checks ---------------------------------------------------------------------------
 
     def check_space(
-        self, searched: Mapping[str, Mapping[str, Any]], hyp: Mapping[str, Any]
+        self,
+        searched: Mapping[str, Mapping[str, Any]],
+        hyp: Mapping[str, Any],
+        length_field: str = "trainer.epochs",
     ) -> None:
         """A searched mosaic, mixup, copy_paste or cutmix must be on in the trials' epochs, and
         a base hyp must not set ``val: false`` or ``time`` (as in ``train_args``).
@@ -280,7 +283,7 @@ class UltralyticsAdapter(Adapter):
                     f"{_and(closed)} off from the first of the trials' {epochs} epochs "
                     f"(Ultralytics turns them off for the last close_mosaic epochs), so those "
                     f"trials would train without them: search close_mosaic below "
-                    f"trainer.epochs ({epochs}; {keeps})",
+                    f"{length_field} ({epochs}; {keeps})",
                 )
             return
         value = hyp.get("close_mosaic", ULTRALYTICS_HYP["close_mosaic"])
@@ -291,9 +294,9 @@ class UltralyticsAdapter(Adapter):
             f"space.{closed[0]}",
             f"Ultralytics turns {_and(CLOSED_BY_CLOSE_MOSAIC)} off for the last "
             f"close_mosaic epochs, and close_mosaic {_number_text(value)} ({origin}) "
-            f"{'>=' if at_or_after else '='} trainer.epochs ({epochs}) means from the first: "
+            f"{'>=' if at_or_after else '='} {length_field} ({epochs}) means from the first: "
             f"every trial would train without {_and(closed)}, so the search would tune "
-            f"noise; set base close_mosaic below trainer.epochs ({epochs}); {keeps}",
+            f"noise; set base close_mosaic below {length_field} ({epochs}); {keeps}",
         )
 
     def check_data(self) -> None:

@@ -237,7 +237,7 @@ def early_stop_problem(patience: Any, epochs: int) -> str | None:
         return None  # a value that is no number is the trainer's own error to name
     return (f"{value:g} would stop trials that stop improving before their {epochs} epochs, "
             "so trials would train different lengths (the pruner's epochs would not "
-            f"compare): leave it unset or at least trainer.epochs ({epochs})")
+            f"compare): leave it unset or at least the runs' length ({epochs})")
 
 
 def as_float(value: Any) -> float | None:

@@ -740,11 +740,11 @@ def _check_confirm_length(
     limits = longer.limits()
     hyp = {**adapter.default_hyp(), **base}
     try:  # what a searched key means may depend on the length too (Ultralytics' close_mosaic)
-        longer.check_space({key: spec.to_dict() for key, spec in space.items()}, hyp)
+        longer.check_space({key: spec.to_dict() for key, spec in space.items()}, hyp,
+                           length_field=field_name)
     except ConfigError as exc:
-        # the adapter's message speaks of its own length, which here is the confirmation's
-        message = exc.message.replace("trainer.epochs", field_name)
-        raise ctx.error(field_name, f"runs of {epochs} epochs: {exc.field}: {message}") from None
+        message = f"runs of {epochs} epochs: {exc.field}: {exc.message}"
+        raise ctx.error(field_name, message) from None
     for key, (lo, hi) in limits.items():
         spec = space.get(key)
         values = [] if spec is None else _extremes(spec)
