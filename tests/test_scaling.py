@@ -73,13 +73,22 @@ def tuner_process(workdir, *args, **kwargs):
     )
 
 
-def wait_for(predicate, timeout=60.0):
+def wait_for(predicate, timeout=60.0, proc=None):
+    """Poll ``predicate``; on timeout, say what the tuner process ``proc`` printed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
+        if proc is not None and proc.poll() is not None:
+            break  # it ended: no use waiting
         time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
+    said = ""
+    if proc is not None:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=30)
+        said = f"; the tuner (exit code {proc.returncode}) printed:\n{err[-3000:]}"
+    raise AssertionError(f"condition not reached in {timeout:g} s{said}")
 
 
 def running_after_complete(study_url="sqlite:///studies/s.db"):
@@ -100,7 +109,7 @@ def running_after_complete(study_url="sqlite:///studies/s.db"):
 def test_kill_9_then_resume_keeps_finished_trials_and_retries_the_lost_one(workdir):
     space = write_space(workdir, n_trials=4, sleep=0.4)
     proc = tuner_process(workdir, "search", "--space", str(space))
-    wait_for(running_after_complete)
+    wait_for(running_after_complete, proc=proc)
     finished_before = {t.number: t.value for t in load().get_trials(states=FINISHED)}
     lost = load().trials[-1]
     proc.send_signal(signal.SIGKILL)
@@ -124,7 +133,7 @@ def test_kill_9_then_resume_keeps_finished_trials_and_retries_the_lost_one(workd
 def test_ctrl_c_records_the_trial_writes_best_so_far_and_exits_130(workdir):
     space = write_space(workdir, n_trials=20, sleep=0.4)
     proc = tuner_process(workdir, "search", "--space", str(space))
-    wait_for(running_after_complete)
+    wait_for(running_after_complete, proc=proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -219,8 +228,9 @@ def test_a_stopped_tuner_takes_its_training_subprocess_with_it(workdir, signum):
     (workdir / "s.yaml").write_text(SLOW_SPACE.format(script=script))
     proc = tuner_process(workdir, "search", "--space", "s.yaml")
     pid_file = workdir / "train.pid"  # the script runs in the current folder
-    wait_for(lambda: pid_file.exists() and pid_file.read_text())
-    wait_for(lambda: bool(load().trials) and bool(load().trials[0].intermediate_values))
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), proc=proc)
+    wait_for(lambda: bool(load().trials) and bool(load().trials[0].intermediate_values),
+             proc=proc)
     child = int(pid_file.read_text())
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
