@@ -35,10 +35,12 @@ class CurveSettings:
     # lr0 above this peaks at its third epoch and then halves each epoch (like YOLO's lrf 1
     # with momentum 0.98): the best epoch looks good, the last one does not
     collapse_above_lr0: float | None = None
-    # the Nth run of this process sends itself SIGINT from inside a __del__ at its first epoch,
-    # where Python prints and ignores the KeyboardInterrupt (as in a garbage-collection
-    # callback): only the tuner's own record of the signal can stop the search then
+    # the Nth run of this process sends itself SIGINT from inside a __del__, where Python
+    # prints and ignores the KeyboardInterrupt (as in a garbage-collection callback): only the
+    # tuner's own record of the signal can stop the search then; at the run's first epoch, or
+    # after its last report (the next trial's start must notice it)
     sigint_in_finalizer_at_run: int | None = None
+    sigint_in_finalizer_after_run: int | None = None
 
 
 class CurveAdapter(Adapter):
@@ -142,6 +144,8 @@ class CurveAdapter(Adapter):
             except Pruned as exc:
                 exc.result = result
                 raise
+        if self.n_runs == s.sigint_in_finalizer_after_run:
+            _SignalsWhenCollected()
         return result
 
 
@@ -149,10 +153,7 @@ class _SignalsWhenCollected:
     """Sends SIGINT to this process from ``__del__`` (run when the last reference goes)."""
 
     def __del__(self) -> None:
-        signal.raise_signal(signal.SIGINT)
-        # the handler runs at the next bytecode boundary, still inside __del__
-        for _ in range(1000):
-            pass
+        signal.raise_signal(signal.SIGINT)  # its Python handler runs before this returns
 
 
 class NoSeedCurveAdapter(CurveAdapter):

@@ -49,6 +49,7 @@ def test_search_writes_best_hyp_and_resolved_config(space, workdir, capsys):
         "noise": 0.0,
         "collapse_above_lr0": None,
         "sigint_in_finalizer_at_run": None,
+        "sigint_in_finalizer_after_run": None,
     }
     assert resolved["search"]["confirm"] == {
         "top_k": 0, "n_seeds": 2, "epochs": None, "reduce": None

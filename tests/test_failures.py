@@ -229,20 +229,37 @@ def test_ctrl_c_in_the_trainer_fails_that_trial_as_interrupted_and_keeps_the_oth
     assert study.trials[2].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["quiet", "debug"])
 def test_a_ctrl_c_that_python_swallows_still_stops_the_search_at_the_next_epoch(
-    workdir, monkeypatch
+    workdir, monkeypatch, debug
 ):
-    """SIGINT handled inside a ``__del__`` (as in a garbage-collection callback) is printed and
-    ignored by Python; the tuner's record of the signal stops the search all the same."""
+    """SIGINT handled inside a ``__del__`` (as in a garbage-collection callback) is ignored by
+    Python; the tuner's record of the signal stops the search all the same, and Python's
+    "Exception ignored" report of it (a traceback) is left out unless --debug."""
     swallowed = []  # what Python ignored ("Exception ignored in ..." outside pytest)
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable))
+    hook = sys.unraisablehook
     space = SPACE.format(setting="sigint_in_finalizer_at_run").replace("run: 0.01", "run: 3")
     (workdir / "f.yaml").write_text(space)
-    assert main(["search", "--space", "f.yaml"]) == 130
-    assert [u.exc_type for u in swallowed] == [KeyboardInterrupt]
+    assert main(["search", "--space", "f.yaml", *(["--debug"] if debug else [])]) == 130
+    assert [u.exc_type for u in swallowed] == ([KeyboardInterrupt] if debug else [])
     study = optuna.load_study(study_name="f", storage=URL)
     assert len(study.trials) == 3 and study.trials[2].state == FAIL
     assert all(t.state in FINISHED for t in study.trials[:2])
     assert study.trials[2].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
     # the first epoch's report raised it, before reporting
     assert study.trials[2].intermediate_values == {}
+    assert sys.unraisablehook is hook  # put back
+
+
+def test_a_ctrl_c_swallowed_between_trials_stops_the_search_before_the_next_one(workdir):
+    """The signal lands after the last report of trial #1: that trial is complete, the next
+    one fails as interrupted before anything is sampled or trained."""
+    space = SPACE.format(setting="sigint_in_finalizer_after_run").replace("run: 0.01", "run: 2")
+    (workdir / "f.yaml").write_text(space)
+    assert main(["search", "--space", "f.yaml"]) == 130
+    study = optuna.load_study(study_name="f", storage=URL)
+    assert [t.state for t in study.trials[:2]] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert len(study.trials) == 3 and study.trials[2].state == FAIL
+    assert study.trials[2].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+    assert study.trials[2].params == {}

@@ -344,3 +344,28 @@ def test_ray_queues_a_trial_whose_worker_died_again_once(local_ray, workdir, mon
     assert [t.number for t in study.trials if t.params == dies] == [0, 1]
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
     assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
+
+
+def test_ctrl_c_after_the_ray_run_stops_the_confirmation(local_ray, workdir, monkeypatch,
+                                                         capsys):
+    """Ray Tune's fit leaves its own SIGINT handler installed when it returns: a Ctrl-C during
+    the confirmation only asked the finished Tune run to stop, and every confirmation run went
+    on (exit 0). The driver runs the confirmation itself; the trials ran in Ray's workers."""
+    import signal
+
+    from tests.fakes import CurveAdapter
+
+    run = CurveAdapter.run
+
+    def interrupted(self, hyp, reporter, trial_dir):
+        signal.raise_signal(signal.SIGINT)  # this process only: Ray's workers are others
+        return run(self, hyp, reporter, trial_dir)
+
+    monkeypatch.setattr(CurveAdapter, "run", interrupted)
+    code = search(workdir, 2, "{name: none}", "--set", "search.confirm.top_k=1",
+                  "--set", "search.confirm.n_seeds=2")
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "interrupted: finished confirmation runs are kept" in err
+    assert "confirm 1/" not in err  # the first confirmation run was the one interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main() put it back

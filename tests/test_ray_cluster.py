@@ -88,3 +88,45 @@ def test_search_joins_a_running_cluster(cluster, workdir):
         [ray_cli, "status", f"--address={address}"], env=env, capture_output=True, timeout=120
     )
     assert status.returncode == 0, status.stderr[-2000:]
+
+
+def test_sigterm_stops_a_ray_search_like_ctrl_c(cluster, workdir):
+    """``ray.init`` sets SIGTERM to ``sys.exit``: a batch system's stop ended the driver
+    without its cleanup (no best-so-far file, Ray's C++ stack dump, exit code -6). The tuner
+    puts its own handler back: the running trials fail as interrupted, exit code 130."""
+    import signal
+    import time
+
+    address, env = cluster
+    (workdir / "c.yaml").write_text(
+        SPACE.replace("n_trials: 4", "n_trials: 40").replace("sleep: 0.05", "sleep: 0.5")
+    )
+    command = [
+        sys.executable, "-m", "tests.run_tuner", "search", "--space", "c.yaml",
+        "--backend", "ray", "--ray-address", address,
+    ]
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    url = "sqlite:///studies/c.db"
+
+    def complete_and_running():
+        try:
+            states = [t.state for t in optuna.load_study(study_name="c", storage=url).trials]
+        except Exception:  # noqa: BLE001 - not created yet
+            return False
+        return optuna.trial.TrialState.COMPLETE in states and states[-1].name == "RUNNING"
+
+    deadline = time.monotonic() + 180
+    while not complete_and_running() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err and "SIGTERM received" not in err
+    study = optuna.load_study(study_name="c", storage=url)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    reasons = {t.user_attrs.get("fail_reason") for t in failed}
+    assert reasons == {"interrupted (SIGTERM)"}, err[-3000:]
+    assert (workdir / "studies" / "c" / "best_hyp.yaml").exists()

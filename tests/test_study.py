@@ -603,3 +603,30 @@ def test_settings_differences_are_key_by_key_and_paths_compare_by_file_name():
     assert list(_differences({"w": "yolov5s.pt"}, {"w": "x/yolov5s.pt"}, ())) == [
         ("w", "yolov5s.pt", "x/yolov5s.pt")
     ]
+
+
+def _open_at(url: str, start: float) -> str:
+    """Open ``url`` at the wall time ``start`` (in a process of its own); say what happened."""
+    from tuner.errors import TunerError
+    from tuner.study import open_storage
+
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        open_storage(url)
+    except TunerError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_get_the_study(tmp_path):
+    """The first open of a file creates Optuna's tables; a second process creating them at the
+    same instant failed with "table studies already exists" (a search starting while `tuner
+    status` or the dashboard opened its file) and is retried now."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        start = time.time() + 3.0  # after every process has imported optuna
+        results = pool.starmap(_open_at, [(url, start)] * 4)
+    assert results == ["ok"] * 4

@@ -361,10 +361,13 @@ def terminate_process_group(
     pgid = proc.pid  # a session leader's group id is its pid
     _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while not _exited(proc, run) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    # SIGKILL even when the leader is gone: children that ignored SIGTERM would linger.
-    _signal_group(pgid, signal.SIGKILL)
+    try:
+        while not _exited(proc, run) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        # SIGKILL even when the leader is gone (children that ignored SIGTERM would linger),
+        # and when an interrupt cuts the grace short
+        _signal_group(pgid, signal.SIGKILL)
     while not _exited(proc, run):
         time.sleep(0.01)
 

@@ -832,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.debug = debug
     # --debug adds the traceback; the exit code stays the same, so scripts read it either way
     try:
-        with interrupt.handled():
+        with interrupt.handled(quiet=not debug):
             return args.func(args)
     except TunerError as exc:
         if debug:
@@ -847,9 +847,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one clear line unless --debug
         if debug:
             traceback.print_exc()
+        if _during_interrupt(exc):
+            # a forced stop (the third Ctrl-C) inside a library's cleanup, which then failed
+            print("\ninterrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(
             f"tuner: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
             file=sys.stderr,
         )
         return 1
 
+
+def _during_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt was being handled."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__context__
+    return False

@@ -170,17 +170,29 @@ def _rdb_storage(
     """``RDBStorage``, retried while another worker creates the same fresh schema.
 
     Workers started together on an empty PostgreSQL database race in ``CREATE TABLE``: the
-    loser gets a unique violation on the catalogue (``pg_type_typname_nsp_index``). Once the
-    winner has committed, the schema exists and a retry just opens it.
+    loser gets a unique violation on the catalogue (``pg_type_typname_nsp_index``); on a new
+    SQLite file (a search starting while ``tuner status`` or the dashboard opens it) "table
+    studies already exists". Once the winner has committed, the schema exists and a retry
+    just opens it.
     """
     import sqlalchemy.exc
 
+    racing_errors = (
+        sqlalchemy.exc.IntegrityError,
+        sqlalchemy.exc.ProgrammingError,
+        sqlalchemy.exc.OperationalError,
+    )
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+        except racing_errors as exc:
             text = str(exc).lower()
-            racing = "duplicate key" in text or "already exists" in text
+            # PostgreSQL: "duplicate key"; SQLite: "already exists" (a table), "unique
+            # constraint failed" (Optuna's alembic_version row)
+            racing = any(
+                words in text
+                for words in ("duplicate key", "already exists", "unique constraint failed")
+            )
             if not racing or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))

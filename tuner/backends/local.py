@@ -77,8 +77,7 @@ def run_workers(job: SearchJob) -> None:
         )
         for index in range(1, job.options.workers + 1)
     ]
-    for worker in workers:
-        worker.start()
+    _start(workers)
     job.say(
         f"{len(workers)} workers started (pids {', '.join(str(w.pid) for w in workers)}); "
         "each prepares its own trainer"
@@ -102,6 +101,22 @@ def run_workers(job: SearchJob) -> None:
         f"the study has {st.n_finished(job.study)} of {n_total} trials: {'; '.join(died)}. "
         "Run the same command again to resume"
     )
+
+
+def _start(workers: list[multiprocessing.process.BaseProcess]) -> None:
+    """Start the workers with Ctrl-C ignored until each runs in a process group of its own.
+
+    A worker leaves the terminal's group (``os.setpgrp`` in :func:`worker_main`) only once
+    spawn has imported it; a Ctrl-C before that reached it too and printed spawn's
+    traceback. An ignored SIGINT survives the exec, and the worker's ``tuner search`` installs
+    its handler after leaving the group. A Ctrl-C to this process in that instant is lost.
+    """
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _seed_flag(seed: int | None, index: int) -> list[str]:
@@ -128,7 +143,9 @@ def _interrupt(workers: list[multiprocessing.process.BaseProcess]) -> None:
     for worker in workers:
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
-            worker.terminate()
+            # stuck (in a C call, say): a further SIGINT or SIGTERM would only be counted
+            # (tuner.interrupt); its trial fails as lost when the study is run again
+            worker.kill()
             worker.join()
 
 

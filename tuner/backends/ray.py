@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tuner import interrupt
 from tuner import study as st
 from tuner.backends import SearchJob
 from tuner.errors import InputError, StudyError
@@ -495,6 +496,11 @@ def _init_ray(address: str | None) -> bool:
         # an address that names no reachable cluster is bad input, not a crash
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError("--ray-address", None, f"cannot join {address!r}: {message}") from None
+    except BaseException:
+        # Ctrl-C while a local instance starts: its processes (dashboard and runtime-env
+        # agents) would outlive the tuner
+        ray.shutdown()
+        raise
     return True
 
 
@@ -505,8 +511,6 @@ def run(job: SearchJob) -> None:
         StudyError: ``max_failures`` trials failed in a row.
         KeyboardInterrupt: Interrupted (running trials recorded as failed).
     """
-    from tuner.backends.local import _adapter_targets
-
     # the driver beats for its trials itself (st.Heartbeat), which Optuna cannot know
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
@@ -516,7 +520,20 @@ def run(job: SearchJob) -> None:
     mode: str | list[str] = ["max" if t.direction == "maximize" else "min" for t in targets]
     if not config.objective.is_multi:
         metric, mode = metric[0], mode[0]
-    started_here = _init_ray(job.options.ray_address)
+    with interrupt.kept():  # ray.init makes SIGTERM a plain sys.exit
+        started_here = _init_ray(job.options.ray_address)
+    try:
+        _run_on_ray(job, metric, mode)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _run_on_ray(job: SearchJob, metric: str | list[str], mode: str | list[str]) -> None:
+    """:func:`run` once Ray is up."""
+    from tuner.backends.local import _adapter_targets
+
+    config = job.config
     max_epochs = job.adapter.settings_dict().get("epochs")
     searcher = StudySearch(
         job,
@@ -569,9 +586,12 @@ def run(job: SearchJob) -> None:
     interrupted = False
     reason = "interrupted (Ctrl-C)"
     try:
-        tuner.fit()
-    except KeyboardInterrupt:
+        with interrupt.kept():  # Tune leaves its SIGINT handler installed after fit
+            tuner.fit()
+    except KeyboardInterrupt:  # SIGTERM, or a second Ctrl-C
         interrupted = True
+        # Tune raises a KeyboardInterrupt of its own: the signal is in the tuner's record
+        reason = f"interrupted ({interrupt.received() or 'Ctrl-C'})"
     except Exception as exc:
         reason = f"the Ray run failed: {type(exc).__name__}: {exc}"[:2000]
         raise
@@ -580,8 +600,6 @@ def run(job: SearchJob) -> None:
         # unfinished mean an interrupted run (the timeout lets running trials finish)
         interrupted = searcher.fail_unfinished(reason) > 0 or interrupted
         searcher.beats.stop()
-        if started_here:
-            ray.shutdown()
     if interrupted:
         raise KeyboardInterrupt
     if searcher.budget.stopped_for_failures:
