@@ -96,3 +96,18 @@ def test_a_second_ctrl_c_inside_optunas_bookkeeping_still_records_the_trial(
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL"]
     assert study.trials[2].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
     assert (workdir / "studies" / "i" / "best_hyp.yaml").exists()
+
+
+def test_an_ignored_sigint_stays_ignored():
+    """A shell starts background jobs (`tuner search ... &` in a script) with SIGINT ignored,
+    so that a Ctrl-C meant for the foreground leaves them running; SIGTERM still stops."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupt.handled():
+            signal.raise_signal(signal.SIGINT)
+            interrupt.check()  # nothing recorded
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

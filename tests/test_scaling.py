@@ -145,6 +145,25 @@ def test_ctrl_c_records_the_trial_writes_best_so_far_and_exits_130(workdir):
     assert best == study.best_trial.user_attrs["hyp"]
 
 
+@pytest.mark.slow
+def test_ctrl_c_with_workers_stops_every_worker_and_records_their_trials(workdir):
+    """The terminal's Ctrl-C reaches the parent (each worker runs in a process group of its
+    own), which forwards one SIGINT to each worker: no trial stays RUNNING, exit code 130."""
+    space = write_space(workdir, n_trials=40, sleep=0.4)
+    proc = tuner_process(workdir, "search", "--space", str(space), "--workers", "2",
+                         start_new_session=True)  # a terminal's foreground group of its own
+    wait_for(running_after_complete, proc=proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground group
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    study = load()
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert failed and all("interrupted" in t.user_attrs["fail_reason"] for t in failed)
+    assert len(study.get_trials(states=FINISHED)) < 40
+
+
 def test_postgres_two_workers(workdir):
     url = os.environ.get("TUNER_TEST_POSTGRES_URL")
     if not url:

@@ -77,7 +77,8 @@ def received() -> str | None:
 def handled(quiet: bool = True) -> Iterator[None]:
     """SIGINT and SIGTERM raise ``KeyboardInterrupt`` and stay pending until the block ends.
 
-    Off the main thread, where no handler can be set, the block runs as it is.
+    Off the main thread, where no handler can be set, the block runs as it is. A SIGINT that
+    was ignored (a shell's background job) stays ignored.
 
     Args:
         quiet: Leave out Python's "Exception ignored" report of an interrupt it swallowed
@@ -91,7 +92,13 @@ def handled(quiet: bool = True) -> Iterator[None]:
     hook = sys.unraisablehook
     previous: dict[int, Any] = {}
     try:
-        previous = {sig: signal.signal(sig, _interrupt) for sig in _SIGNALS}
+        # a SIGINT ignored from the start stays so: a shell starts background jobs that way,
+        # so that the Ctrl-C meant for the foreground leaves them running
+        previous = {
+            sig: signal.signal(sig, _interrupt)
+            for sig in _SIGNALS
+            if not (sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN)
+        }
         if quiet:
             sys.unraisablehook = _without_recorded_interrupts(hook)
         yield

@@ -155,6 +155,8 @@ def worker_main(argv: list[str], adapters: Mapping[str, str], index: int) -> Non
     from tuner.cli import main
 
     os.setpgrp()
+    # started with SIGINT ignored (_start); in a group of its own, it takes the parent's again
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for name, target in adapters.items():
         register_adapter(name, target)
     sys.exit(main([*argv, "--worker-index", str(index)]))
