@@ -110,6 +110,8 @@ class CurveAdapter(Adapter):
             n_params_trainable=100 - 10 * int(hyp["freeze"]),
             n_params_frozen=10 * int(hyp["freeze"]),
             peak_memory_mb=1.0,
+            # the CPU threads a torch trainer would get in this process
+            extra={"omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
         )
         s = self.settings
         self.n_runs += 1

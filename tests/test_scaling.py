@@ -47,7 +47,8 @@ def assert_exact_total(study, n_trials):
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
 
 
-def test_four_local_workers_share_one_study_exactly(workdir, capsys):
+def test_four_local_workers_share_one_study_exactly(workdir, capsys, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     space = write_space(workdir, n_trials=12, sleep=0.05)
     assert main(["search", "--space", str(space), "--workers", "4"]) == 0
     study = load()
@@ -58,6 +59,9 @@ def test_four_local_workers_share_one_study_exactly(workdir, capsys):
     pids = {t.system_attrs["tuner:worker"]["pid"] for t in study.trials}
     assert os.getpid() not in pids and len(pids) <= 4
     assert all(t.state != optuna.trial.TrialState.FAIL for t in study.trials)
+    # the cores shared out: four torch processes of a thread per core each would oversubscribe
+    threads = str(max(1, (os.cpu_count() or 1) // 4))
+    assert {t.user_attrs["omp_num_threads"] for t in study.trials} == {threads}
 
 
 def tuner_process(workdir, *args, **kwargs):

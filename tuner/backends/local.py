@@ -37,7 +37,7 @@ def run_here(job: SearchJob) -> None:
     """Prepare the adapter once, then run trials in this process."""
     job.say("preparing trainer (data decoded once, shared by all trials)...")
     started = time.perf_counter()
-    job.adapter.prepare()
+    job.config.prepare(job.adapter)
     job.say(f"ready in {time.perf_counter() - started:.1f}s")
     objective = Objective(job.config, job.adapter, job.base_hyp, job.out_dir, job.on_epoch)
 
@@ -72,7 +72,8 @@ def run_workers(job: SearchJob) -> None:
         ctx.Process(
             target=worker_main,
             # one seed for all would make every worker sample the same startup trials
-            args=([*argv, *_seed_flag(seed, index)], _adapter_targets(job), index),
+            args=([*argv, *_seed_flag(seed, index)], _adapter_targets(job), index,
+                  _threads_per_worker(job.options.workers)),
             name=f"tuner-worker-{index}",
         )
         for index in range(1, job.options.workers + 1)
@@ -149,11 +150,28 @@ def _interrupt(workers: list[multiprocessing.process.BaseProcess]) -> None:
             worker.join()
 
 
-def worker_main(argv: list[str], adapters: Mapping[str, str], index: int) -> None:
-    """Entry point of a worker process: ``tuner search ARGV`` as worker ``index``."""
+def _threads_per_worker(n_workers: int) -> int | None:
+    """CPU threads for each of ``n_workers`` training processes; None: the user chose.
+
+    Each torch process starts as many threads as the machine has cores, so N workers would
+    run N times too many and slow one another down; an ``OMP_NUM_THREADS`` of the user's is
+    kept.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
+def worker_main(
+    argv: list[str], adapters: Mapping[str, str], index: int, n_threads: int | None = None
+) -> None:
+    """Entry point of a worker process: ``tuner search ARGV`` as worker ``index``, training
+    with ``n_threads`` CPU threads (set before torch is imported, which reads it then)."""
     from trainer.base import register_adapter
     from tuner.cli import main
 
+    if n_threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(n_threads)
     os.setpgrp()
     # started with SIGINT ignored (_start); in a group of its own, it takes the parent's again
     signal.signal(signal.SIGINT, signal.default_int_handler)
