@@ -38,6 +38,11 @@ TV = (
     "trainer: {{adapter: torchvision, {}}}\n"
     "space: {{lr0: {{type: float, low: 0.001, high: 0.1}}}}\n"
 )
+TV_BASE = (
+    "trainer: {{adapter: torchvision, epochs: 2}}\n"
+    "base: {{{}}}\n"
+    "space: {{lr0: {{type: float, low: 0.001, high: 0.1}}}}\n"
+)
 ROWS = [
     ("malformed YAML", "trainer: [1, 2\n", [], "s.yaml: invalid YAML at line"),
     ("no trainer section", "space: {}\n", [], "s.yaml: trainer: is required: the adapter"),
@@ -122,6 +127,50 @@ ROWS = [
         TV.format("data: /no/such/root"),
         [],
         "s.yaml: trainer.data: no such directory: /no/such/root",
+    ),
+    (
+        "a base value of another type than its key's",
+        TV_BASE.format("fliplr: half"),
+        [],
+        "s.yaml: base.fliplr: must be a number (as its default 0.5), got 'half'",
+    ),
+    (
+        "an optimizer the trainer does not have",
+        TV_BASE.format("optimizer: Lion"),
+        [],
+        "s.yaml: base.optimizer: must be one of SGD, AdamW, got 'Lion'",
+    ),
+    (
+        "a fractional freeze",
+        TV_BASE.format("freeze: 2.5"),
+        [],
+        "s.yaml: base.freeze: must be an integer (as its default 0), got 2.5",
+    ),
+    (
+        "a true/false key that is neither",
+        TV_BASE.format("nesterov: maybe"),
+        [],
+        "s.yaml: base.nesterov: must be true or false (as its default True), got 'maybe'",
+    ),
+    (
+        "a true/false key searched as a range",
+        TV_BASE.format("").replace("space: {", "space: {cos_lr: {type: int, low: 0, high: 3}, "),
+        [],
+        "s.yaml: space.cos_lr.type: cos_lr is true or false (default False), not an int range",
+    ),
+    (
+        "a searched choice the trainer does not have",
+        TV_BASE.format("").replace(
+            "space: {", "space: {optimizer: {type: categorical, choices: [SGD, RMSprop]}, "),
+        ["--set", "search.baseline=false"],
+        "s.yaml: space.optimizer.choices: must be one of SGD, AdamW, got 'RMSprop'",
+    ),
+    (
+        "an integer key searched as a float range",
+        TV_BASE.format("").replace(
+            "space: {", "space: {freeze: {type: float, low: 0, high: 2}, "),
+        [],
+        "s.yaml: space.freeze.type: freeze takes integers (default 0): search it as type: int",
     ),
     ("missing checkpoint", TV.format("weights: /no/such.pt"), [], "s.yaml: trainer.weights:"),
     (
@@ -439,3 +488,45 @@ def test_text_edits_of_a_valid_space_load_or_raise_input_error(tmp_path, start, 
         load_space(path)
     except InputError:
         pass
+
+
+def test_an_unreadable_image_is_an_input_error_and_the_fixed_rerun_may_change_settings(
+    workdir, capsys
+):
+    """Only decoding finds a broken image file: one line naming it and trainer.data, exit 2
+    (it was an "internal error", exit 1). The study it created has trained nothing, so the
+    re-run after the fix may change a setting (it was refused: "ran its trials with")."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            for i in range(3):
+                path = workdir / "imgs" / split / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (20, 20), colour).save(path)
+    broken = workdir / "imgs" / "train" / "dog" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    (workdir / "s.yaml").write_text(
+        "trainer: {adapter: torchvision, model: resnet18, weights: none, data: imgs, "
+        "imgsz: 16, batch: 4, epochs: 1}\n"
+        "search: {n_trials: 2, seed: 0}\n"
+        "space: {lr0: {type: float, low: 0.001, high: 0.1}}\n"
+    )
+    assert main(["search", "--space", "s.yaml"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tuner: error: s.yaml: trainer.data: ") and "broken.jpg: not a " \
+        "readable image" in last
+    assert "Traceback" not in err and "internal error" not in err
+    broken.unlink()
+    assert main(["search", "--space", "s.yaml", "--set", "trainer.epochs=2"]) == 0, (
+        capsys.readouterr().err
+    )
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage="sqlite:///studies/s.db")
+    states = [t.state.name for t in study.trials]
+    # the baseline queued by the first run failed as queued under the old settings; the
+    # second run queued its own
+    assert states.count("COMPLETE") == 2 and study.user_attrs["config"]["trainer"]["epochs"] == 2
+    assert study.trials[0].user_attrs["fail_reason"] == "queued under earlier settings"

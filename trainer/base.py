@@ -207,6 +207,16 @@ class Adapter(ABC):
         (None: it passes any key on, e.g. into the pipeline's own hyp file)."""
         return frozenset(self.default_hyp()) | frozenset(self.supported_keys)
 
+    @classmethod
+    def hyp_choices(cls) -> dict[str, tuple[Any, ...]]:
+        """The values a hyp key with a fixed set of them may take (``optimizer``), checked in
+        the space's ``base`` and categorical choices; strings compare case-insensitively.
+
+        Every other key of :meth:`default_hyp` is checked against its default's type: a
+        number, an integer, true/false or a string.
+        """
+        return {}
+
     def limits(self) -> dict[str, tuple[float, float]]:
         """Inclusive bounds for hyp keys whose valid range depends on the settings.
 

@@ -69,6 +69,7 @@ from trainer.yolo_common import (
     SettingsReader,
     as_float,
     check_losses,
+    data_yaml_problem,
     early_stop_problem,
     module_table,
     normalise_metrics,
@@ -317,6 +318,10 @@ class UltralyticsAdapter(Adapter):
         if s.data != "synthetic" and not Path(s.data).is_file():
             raise ConfigError("data", f"no such dataset YAML: {s.data} (nothing is downloaded "
                                       "here; use a local data YAML or data: synthetic)")
+        if s.data != "synthetic":
+            problem = data_yaml_problem(Path(s.data))
+            if problem:
+                raise ConfigError("data", problem)
         if s.model.endswith((".yaml", ".yml")):
             if not Path(s.model).is_file() and _shipped_yaml(s.model) is None:
                 raise ConfigError("model", f"no such model yaml: {s.model}")

@@ -225,6 +225,39 @@ def check_losses(metrics: Mapping[str, float], epoch: int, also: Iterable[str] =
             )
 
 
+def data_yaml_problem(path: Path) -> str | None:
+    """Why the dataset YAML ``path`` names no usable ``train`` / ``val`` images, or None.
+
+    Cheap: reads the YAML and looks for the paths it names, decodes nothing. Split paths
+    resolve against the YAML's ``path`` (or the YAML's folder without one); a relative
+    ``path`` is left unchecked, since YOLOv5 resolves it against its checkout and Ultralytics
+    against its datasets folder.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        return f"{path}: not a readable YAML file ({type(exc).__name__})"
+    if not isinstance(data, dict):
+        return f"{path}: must be a mapping with train and val"
+    missing = [key for key in ("train", "val") if not data.get(key)]
+    if missing:
+        return f"{path}: names no {' or '.join(missing)} images"
+    root = data.get("path")
+    if root is None:
+        root = path.parent
+    elif not Path(str(root)).is_absolute():
+        return None
+    for key in ("train", "val"):
+        entries = data[key] if isinstance(data[key], list) else [data[key]]
+        for entry in entries:
+            where = Path(str(entry)) if Path(str(entry)).is_absolute() else Path(root) / entry
+            if not where.exists():
+                return f"{path}: {key} images not found: {where}"
+    return None
+
+
 def early_stop_problem(patience: Any, epochs: int) -> str | None:
     """Why an early-stop ``patience`` would cut some runs of ``epochs`` short (None if none).
 

@@ -45,6 +45,7 @@ from trainer.yolo_common import (
     SettingsReader,
     as_float,
     check_losses,
+    data_yaml_problem,
     early_stop_problem,
     module_table,
     normalise_metrics,
@@ -217,6 +218,10 @@ class YoloV5Adapter(Adapter):
                               f"{root} has no train.py; point it at a YOLOv5 checkout")
         if s.data != "synthetic" and not Path(s.data).is_file():
             raise ConfigError("data", f"no such dataset YAML: {s.data}")
+        if s.data != "synthetic":
+            problem = data_yaml_problem(Path(s.data))
+            if problem:
+                raise ConfigError("data", problem)
         if not s.weights:
             if not s.cfg:
                 raise ConfigError("weights", "'' (train from scratch) needs a model yaml in cfg")

@@ -473,7 +473,7 @@ def _prepared(config: StudyConfig) -> Adapter:
     from tuner.study import STUDIES_DIR
 
     adapter = config.make_adapter(STUDIES_DIR / ".cache")
-    adapter.prepare()
+    config.prepare(adapter)
     return adapter
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,18 @@ class StudyConfig:
     def make_adapter(self, cache_dir: Path) -> Adapter:
         """A fresh adapter for these settings (already validated at load time)."""
         return get_adapter(self.trainer.adapter)(self.trainer.settings, cache_dir)
+
+    def prepare(self, adapter: Adapter) -> None:
+        """``adapter.prepare()`` (decode the data, load the weights).
+
+        Raises:
+            InputError: What only decoding finds (an unreadable image), as this space's
+                ``trainer.<setting>`` error.
+        """
+        try:
+            adapter.prepare()
+        except ConfigError as exc:
+            raise self.error(f"trainer.{exc.field}", exc.message) from None
 
     def base_hyp(self, adapter: Adapter) -> dict[str, Any]:
         """Every hyp key: the adapter's defaults overlaid with ``base``."""
@@ -525,12 +537,82 @@ def _check_base_keys(ctx: _Ctx, base: Mapping[str, Any], adapter: Adapter, name:
 
 
 def _check_base_values(
-    ctx: _Ctx, base: Mapping[str, Any], limits: Mapping[str, tuple[float, float]]
+    ctx: _Ctx,
+    base: Mapping[str, Any],
+    limits: Mapping[str, tuple[float, float]],
+    adapter: Adapter,
 ) -> None:
     """A base value outside its key's valid range would train the baseline (and every trial
-    that does not search the key) on a setting that means nothing."""
+    that does not search the key) on a setting that means nothing; one of another type than
+    the key's (``fliplr: half``, ``optimizer: Lion``) would fail every trial."""
+    defaults, choices = adapter.default_hyp(), adapter.hyp_choices()
     for key, value in base.items():
+        if key in defaults:
+            problem = hyp_value_problem(value, defaults[key], choices.get(key))
+            if problem:
+                raise ctx.error(f"base.{key}", problem)
         _check_in_range(ctx, f"base.{key}", value, limits.get(key))
+
+
+def hyp_value_problem(
+    value: Any, default: Any, choices: Sequence[Any] | None = None
+) -> str | None:
+    """Why ``value`` cannot stand for a hyp key whose default is ``default`` (None if it can).
+
+    The default's type is the key's: a number (an int is one too), an integer (an integral
+    float like YOLO hyp files write is one too), true/false, or a string; ``choices`` is the
+    adapter's list for a key with a fixed set (strings compare case-insensitively).
+    """
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        integral = isinstance(value, int) or isinstance(value, float) and value.is_integer()
+        ok, kind = integral and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    else:
+        return None  # a list or mapping (anchors, say): the pipeline's own to check
+    if not ok:
+        return f"must be {kind} (as its default {default!r}), got {value!r}"
+    if choices and _folded(value) not in {_folded(c) for c in choices}:
+        return f"must be one of {', '.join(map(str, choices))}, got {value!r}"
+    return None
+
+
+def _folded(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _check_spec_type(ctx: _Ctx, spec: ParamSpec, adapter: Adapter) -> None:
+    """A searched key's values must be of the key's type: every categorical choice, and a
+    numeric range only for a number (``type: int`` for an integer key)."""
+    defaults = adapter.default_hyp()
+    if spec.name not in defaults:
+        return
+    default = defaults[spec.name]
+    field_name = f"space.{spec.name}"
+    if spec.type == "categorical":
+        for choice in spec.choices:
+            problem = hyp_value_problem(choice, default, adapter.hyp_choices().get(spec.name))
+            if problem:
+                raise ctx.error(f"{field_name}.choices", problem)
+        return
+    if isinstance(default, bool) or isinstance(default, str):
+        choices = "[true, false]" if isinstance(default, bool) else "of strings"
+        raise ctx.error(
+            f"{field_name}.type",
+            f"{spec.name} is {'true or false' if isinstance(default, bool) else 'a string'} "
+            f"(default {default!r}), not {'an' if spec.type == 'int' else 'a'} {spec.type} "
+            "range: search it as type: categorical "
+            f"with choices {choices}",
+        )
+    if isinstance(default, int) and spec.type == "float":
+        raise ctx.error(
+            f"{field_name}.type",
+            f"{spec.name} takes integers (default {default!r}): search it as type: int",
+        )
 
 
 Override = str | tuple[str, Any] | tuple[str, Any, str]
@@ -664,7 +746,7 @@ def load_space(
         _check_base_keys(ctx, base, adapter, name)
     # the keys' own valid ranges, and the adapter's that depend on its settings (freeze)
     limits = {**HYP_BOUNDS, **adapter.limits()}
-    _check_base_values(ctx, base, limits)
+    _check_base_values(ctx, base, limits, adapter)
     search = _parse_search(ctx, raw.get("search"), objective.is_multi)
     if search.confirm.top_k:
         problem = confirm_problem(objective.is_multi, adapter, name)
@@ -686,6 +768,7 @@ def load_space(
                 f"adapter {name!r} cannot tune this key; "
                 f"it supports {', '.join(sorted(supported))}",
             )
+        _check_spec_type(ctx, spec, adapter)
         _check_limits(ctx, spec, limits.get(key))
         space[key] = spec
     searched = {key: spec.to_dict() for key, spec in space.items()}

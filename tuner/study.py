@@ -428,10 +428,19 @@ def create_or_load(
             its trials with other trainer settings or base hyps.
     """
     directions = [t.direction for t in config.objective.targets]
+    retake = False
     if config.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         stored = optuna.load_study(study_name=config.study, storage=storage)
         check_objective(stored, config)
-        check_settings(stored, config, resolved)
+        try:
+            check_settings(stored, config, resolved)
+        except InputError:
+            if stored.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
+                raise
+            # nothing trained yet (a setup that failed every trial, fixed since): the study
+            # takes this run's settings, and what was queued under the old ones is dropped
+            retake = True
+            _drop_queued(stored, "queued under earlier settings")
     study = optuna.create_study(
         storage=storage,
         study_name=config.study,
@@ -440,12 +449,19 @@ def create_or_load(
         pruner=make_pruner(config),
         load_if_exists=True,
     )
-    if "config" not in study.user_attrs:
+    if "config" not in study.user_attrs or retake:
         study.set_user_attr("config", json.loads(json.dumps(resolved, default=str)))
         study.set_user_attr("space_file", config.source)
         study.set_user_attr("command", command)
         study.set_user_attr("metrics", [t.metric for t in config.objective.targets])
     return study
+
+
+def _drop_queued(study: optuna.Study, reason: str) -> None:
+    """Fail the study's WAITING trials (an enqueued baseline of other base values)."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
 def check_settings(

@@ -110,3 +110,15 @@ def test_image_folder_problem(folder, tmp_path):
     assert "no such directory" in data.image_folder_problem(tmp_path / "nope")
     (tmp_path / "half" / "train" / "a").mkdir(parents=True)
     assert "val" in data.image_folder_problem(tmp_path / "half")
+    # without decoding: a split with class folders but no image, a val class train lacks
+    (tmp_path / "half" / "val" / "a").mkdir(parents=True)
+    assert "half/train/: no images" in data.image_folder_problem(tmp_path / "half")
+    _write_png(folder / "val" / "fox" / "0.png", (20, 20), (0, 0, 0))
+    assert "classes that train/ has not: fox" in data.image_folder_problem(folder)
+
+
+def test_an_unreadable_image_is_named(folder):
+    (folder / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    data.clear_cache()
+    with pytest.raises(ValueError, match=r"broken\.jpg: not a readable image"):
+        data.load_image_folder(folder, "train", 8)

@@ -22,6 +22,7 @@ from trainer.yolo_common import (
     MetricsFollower,
     add_aliases,
     check_losses,
+    data_yaml_problem,
     fitness,
     fitness_weights,
     normalise_metrics,
@@ -227,3 +228,25 @@ def test_detection_data_cli(tmp_path):
                          capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert bad.returncode == 2 and "imgsz" in bad.stderr
+
+
+def test_data_yaml_problem_finds_missing_splits_without_decoding(tmp_path):
+    (tmp_path / "ds" / "images" / "train").mkdir(parents=True)
+    data = tmp_path / "data.yaml"
+    data.write_text(f"path: {tmp_path / 'ds'}\ntrain: images/train\nval: images/val\n")
+    assert data_yaml_problem(data) == (
+        f"{data}: val images not found: {tmp_path / 'ds' / 'images' / 'val'}"
+    )
+    (tmp_path / "ds" / "images" / "val").mkdir()
+    assert data_yaml_problem(data) is None
+    # no path: the splits are the YAML's folder's; a list of folders is each checked
+    data.write_text("train: [ds/images/train, ds/images/extra]\nval: ds/images/val\n")
+    assert "train images not found" in data_yaml_problem(data)
+    # a relative path is the pipeline's to resolve (YOLOv5: its checkout; Ultralytics: its
+    # datasets folder)
+    data.write_text("path: ../datasets/coco128\ntrain: images/train2017\nval: images/val\n")
+    assert data_yaml_problem(data) is None
+    data.write_text("names: [a]\n")
+    assert data_yaml_problem(data) == f"{data}: names no train or val images"
+    data.write_text("[1, 2\n")
+    assert "not a readable YAML file" in data_yaml_problem(data)

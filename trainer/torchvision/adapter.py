@@ -72,6 +72,11 @@ class TorchvisionAdapter(Adapter):
         """Blocks of the configured model (the head is the last)."""
         return count_blocks(self.settings.model)
 
+    @classmethod
+    def hyp_choices(cls) -> dict[str, tuple[Any, ...]]:
+        """The optimizers the built-in trainer has."""
+        return {"optimizer": OPTIMIZERS}
+
     def limits(self) -> dict[str, tuple[float, float]]:
         """``freeze`` up to the block before the head; ``unfreeze_epoch`` up to ``epochs - 1``
         (the last epoch that can still train unfrozen: ``epochs`` itself would never unfreeze,
@@ -197,6 +202,9 @@ class TorchvisionAdapter(Adapter):
     def _full_hyp(self, hyp: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with the known keys of ``hyp`` (other adapters' keys are ignored)."""
         full = {**DEFAULT_HYP, **{k: v for k, v in hyp.items() if k in DEFAULT_HYP}}
+        for key in ("freeze", "unfreeze_epoch"):  # 2.0 from a YOLO-style hyp file is 2
+            if isinstance(full[key], float) and full[key].is_integer():
+                full[key] = int(full[key])
         head = self.n_blocks() - 1
         freeze = full["freeze"]
         if isinstance(freeze, bool) or not isinstance(freeze, int) or not 0 <= freeze <= head:

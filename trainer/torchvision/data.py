@@ -68,11 +68,21 @@ def image_folder_problem(root: Path) -> str | None:
     expected = "(expected an ImageFolder root with train/ and val/)"
     if not root.is_dir():
         return f"no such directory: {root} {expected}"
+    classes: dict[str, set[str]] = {}
     for split in SPLITS:
         if not (root / split).is_dir():
             return f"missing {root / split}/ {expected}"
-        if not any(child.is_dir() for child in (root / split).iterdir()):
+        classes[split] = {child.name for child in (root / split).iterdir() if child.is_dir()}
+        if not classes[split]:
             return f"{root / split}/ has no class directories {expected}"
+    for split in SPLITS:
+        # the first image ends the walk: a large set costs one directory listing or two
+        images = (p for p in (root / split).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if next(images, None) is None:
+            return f"{root / split}/: no images ({', '.join(IMAGE_EXTENSIONS)})"
+    unknown = sorted(classes["val"] - classes["train"])
+    if unknown:
+        return f"{root / 'val'}/ has classes that train/ has not: {', '.join(unknown)}"
     return None
 
 
@@ -142,7 +152,18 @@ def _decode_folder(directory: Path, imgsz: int, classes: tuple[str, ...] | None)
 
 
 def _decode_image(path: Path, imgsz: int) -> np.ndarray:
-    """Shorter side to ``imgsz``, centre crop; returns ``(imgsz, imgsz, 3)`` uint8."""
+    """Shorter side to ``imgsz``, centre crop; returns ``(imgsz, imgsz, 3)`` uint8.
+
+    Raises:
+        ValueError: The file is no image PIL can read (named, so the data set can be fixed).
+    """
+    try:
+        return _decoded(path, imgsz)
+    except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise ValueError(f"{path}: not a readable image ({exc})") from None
+
+
+def _decoded(path: Path, imgsz: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
