@@ -125,6 +125,12 @@ def test_validate_prints_resolved_config(space, capsys):
     assert main(["validate", str(space)]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["study"] == "demo-cli" and resolved["search"]["n_trials"] == 6
+    # --space as the other commands take it
+    assert main(["validate", "--space", str(space)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == resolved
+    for twice_or_never in (["validate"], ["validate", str(space), "--space", str(space)]):
+        assert main(twice_or_never) == 2
+        assert "--space: name the space file once" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

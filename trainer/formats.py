@@ -276,9 +276,10 @@ def _ultralytics(hyp: Mapping[str, Any], settings: Mapping[str, Any], filename: 
     if close_mosaic is not None and close_mosaic != default:
         # often set for the trials' length (close_mosaic >= epochs would switch a searched
         # mosaic off from their first epoch), not for the full run's
-        notes.append(f"note: close_mosaic={close_mosaic} is the trials' setting; at the full "
-                     f"length Ultralytics' default {default} switches mosaic, mixup, "
-                     f"copy_paste and cutmix off for the last {default} epochs")
+        notes.append(f"note: close_mosaic={close_mosaic} is kept as the trials trained; for "
+                     f"the full length Ultralytics' default is {default} (mosaic, mixup, "
+                     f"copy_paste and cutmix off for the last {default} epochs): drop the key "
+                     f"or add close_mosaic={default} to the command to have it")
     header = [f"use with: yolo train cfg={filename}  (or YOLO(model).train(cfg='{filename}'))"]
     header += _epochs_note(settings, "epochs in this file",
                            "add epochs=N to the command (`yolo train` alone trains its "

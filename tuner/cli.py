@@ -627,6 +627,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from trainer.yaml_io import dump_yaml
     from tuner import study as st
 
+    if (args.space is None) == (args.space_flag is None):
+        raise InputError("--space", None, "name the space file once: tuner validate S "
+                                          "(or --space S)")
+    args.space = args.space or args.space_flag
     config = _load(args)
     adapter = _adapter_checked(config)
     st.make_sampler(config)
@@ -811,7 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("validate", help="check a space file and print the resolved config")
-    p.add_argument("space", help="search-space YAML")
+    p.add_argument("space", nargs="?", help="search-space YAML")
+    # the other commands name the space with --space: take it here too
+    p.add_argument("--space", dest="space_flag", metavar="S", help="the same, as a flag")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
     p.set_defaults(func=cmd_validate, study=None)
 

@@ -191,7 +191,8 @@ def test_ultralytics_format_passes_ultralytics_cfg_check(tmp_path, ultralytics_c
             "rather than a training length; add epochs=N to the command") in "\n".join(header)
     # a close_mosaic set for the trials' length is named: the full run may want the default
     assert cfg.close_mosaic == 0
-    assert any(line.startswith("note: close_mosaic=0 is the trials' setting") for line in header)
+    note = "note: close_mosaic=0 is kept as the trials trained"
+    assert any(line.startswith(note) for line in header)
 
 
 def test_ultralytics_format_from_another_adapter_keeps_valid_keys_only(ultralytics_cfg):
