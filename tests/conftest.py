@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,17 @@ def repository_studies_untouched():
     yield
     added = (set(os.listdir(studies)) if studies.is_dir() else set()) - before
     assert not added, f"tests wrote into {studies}: {sorted(added)} (use the workdir fixture)"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sigint_as_a_terminal_sends_it():
+    """Tests send SIGINT as a terminal's Ctrl-C does. A test run started in the background
+    (``pytest &`` in a script) inherits SIGINT ignored, which the tuner keeps ignored, as a
+    background job should (tuner.interrupt); Python's own handler, which the tuner replaces,
+    is what a run in a terminal has, and processes the tests start get the default."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture
