@@ -96,6 +96,14 @@ def test_record_round_trips_through_json_and_ranks_by_fresh_mean():
     assert lost.gain(4) == pytest.approx(0.62 - 0.50)
     text = "\n".join(cf.summary_lines(back))
     assert "baseline" in text and "picked" in text and "1 failed" in text
+    # with runs of other lengths on record: they round-trip, and the table names them
+    kept = (cf.KeptRuns("val/loss", "minimize", 6, "best", runs={4: {1: 0.2, 2: None}},
+                        reasons={4: {2: "RuntimeError: boom"}}, curves={4: {1: (0.3, 0.2)}}),)
+    both = cf.ConfirmRecord(**{**record.__dict__, "kept": kept})
+    assert cf.ConfirmRecord.from_attr(yaml.safe_load(yaml.safe_dump(both.to_attr()))) == both
+    assert both.other_lengths == {6: 2}
+    assert cf.summary_lines(both)[-1] == ("  runs on record at other lengths: 6 epochs (2 runs) "
+                                          "(a confirmation at that length reuses them)")
 
 
 def test_search_with_confirm_exports_the_best_fresh_mean(workdir, capsys):
@@ -303,10 +311,13 @@ def test_confirmation_at_full_length_trains_longer_and_never_mixes_lengths(workd
     assert "fresh trainer seeds 1, 2 at 5 epochs" in header
     folders = sorted(p.name for p in (workdir / "studies" / "c" / "confirm").iterdir())
     assert folders and all(name.endswith("-5ep") for name in folders)
-    # confirming at the trial length again measures again: 5-epoch values are not reused
+    # confirming at the trial length again measures again: 5-epoch values are not mixed in
+    # (they stay on record for a confirmation at 5 epochs)
     assert main(["confirm", "--space", "c.yaml", "--top-k", "1"]) == 0
     err = capsys.readouterr().err
-    assert "the 4 runs of the earlier confirmation (5 epochs) are replaced" in err
+    assert "the 4 runs of the earlier confirmation (5 epochs) are kept; a confirmation at that " \
+           "length reuses them" in err
+    assert "at 2 epochs (4 runs)" in err  # none done earlier: trained at 2 epochs
     again = cf.load_record(load())
     assert again.epochs == 2  # the trial length, resolved
     for number in again.confirmed:
@@ -493,3 +504,156 @@ def test_confirm_reduce_from_the_space_and_the_search_flags(workdir, capsys):
     (workdir / "plain.yaml").write_text(SPACE)
     assert main(["search", "--space", "plain.yaml", "--confirm-reduce", "last"]) == 2
     assert "--confirm-reduce: needs --confirm K" in capsys.readouterr().err
+
+
+def counting_runs(monkeypatch) -> list[tuple[int, int]]:
+    """Every run of the curve adapter in this process, as ``(seed, epochs)``: the search's
+    trials and the confirmation's runs alike."""
+    calls: list[tuple[int, int]] = []
+    real = CurveAdapter.run
+
+    def run(self, hyp, reporter, trial_dir):
+        calls.append((self.settings.seed, self.settings.epochs))
+        return real(self, hyp, reporter, trial_dir)
+
+    monkeypatch.setattr(CurveAdapter, "run", run)
+    return calls
+
+
+def without_date(text: str) -> list[str]:
+    """A hyp file's lines but the date and the command that wrote it."""
+    return [line for line in text.splitlines() if not line.startswith(("# date:", "# command:"))]
+
+
+# the demo's setting: the top trials confirmed at the trials' own length after the search
+CONFIRMING_SPACE = SPACE.replace(
+    "pruner: {name: none}}", "pruner: {name: none}, confirm: {top_k: 2, n_seeds: 2}}"
+)
+
+
+def test_switching_confirmation_lengths_back_and_forth_trains_nothing_twice(workdir, capsys,
+                                                                           monkeypatch):
+    from tuner.report.data import build_confirm
+    from tuner.report.render import confirm_note
+
+    (workdir / "c.yaml").write_text(CONFIRMING_SPACE)
+    calls = counting_runs(monkeypatch)
+    best_file = workdir / "studies" / "c" / "best_hyp.yaml"
+    assert main(["search", "--space", "c.yaml"]) == 0  # 8 trials, then the confirmation
+    short = cf.load_record(load())
+    assert short.epochs == 2 and short.complete and not short.kept
+    assert len(calls) == 8 + short.n_runs
+    short_file = without_date(best_file.read_text())
+    capsys.readouterr()
+
+    # the pick at full length: 1 trial and the baseline on 1 seed, trained 5 epochs
+    calls.clear()
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1", "--n-seeds", "1",
+                 "--epochs", "5"]) == 0
+    err = capsys.readouterr().err
+    long = cf.load_record(load())
+    assert long.epochs == 5 and long.complete
+    assert calls == [(1, 5)] * long.n_runs
+    assert f"the {short.n_runs} runs of the earlier confirmation (2 epochs) are kept" in err
+    assert long.other_lengths == {2: short.n_runs}
+    # export, status and report go by the confirmation asked for last: 5 epochs
+    assert "fresh trainer seeds 1 at 5 epochs" in best_file.read_text()
+    view = build_confirm(load())
+    assert view.epochs == 5 and view.seeds == (1,) and view.exported
+    note = confirm_note(view)
+    assert note.startswith("trainer seeds 1 at 5 epochs, 2/2 runs; picked trial")
+    assert note.endswith(f"; runs on record at other lengths: 2 epochs ({short.n_runs} runs) (a "
+                         "confirmation at that length reuses them)")
+    assert main(["status", "--storage", URL]) == 0
+    out = capsys.readouterr().out
+    assert "confirmed on trainer seeds 1 at 5 epochs (2/2 runs)" in out
+    assert f"runs on record at other lengths: 2 epochs ({short.n_runs} runs)" in out
+
+    # the finished study searched again (the space asks for 2 epochs): it just reports
+    calls.clear()
+    assert main(["search", "--space", "c.yaml", "--n-trials", "8"]) == 0
+    err = capsys.readouterr().err
+    assert calls == []
+    assert "replaced" not in err and not re.search(r"^confirm \d+/\d+: ", err, flags=re.M)
+    assert f"({short.n_runs} runs, {short.n_runs} done earlier)" in err
+    again = cf.load_record(load())
+    assert dataclass_fields(again, kept=()) == dataclass_fields(short, kept=())
+    assert again.other_lengths == {5: long.n_runs}
+    # the same file as after the first search: the 2-epoch confirmation's pick and means
+    assert without_date(best_file.read_text()) == short_file
+    view = build_confirm(load())
+    assert view.epochs == 2 and view.seeds == (1, 2) and view.exported
+    assert confirm_note(view).startswith(f"trainer seeds 1, 2 at 2 epochs, {short.n_runs}/")
+    assert confirm_note(view).endswith(f"other lengths: 5 epochs ({long.n_runs} runs) (a "
+                                       "confirmation at that length reuses them)")
+
+    # and back to 5 epochs: nothing trained either
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1", "--n-seeds", "1",
+                 "--epochs", "5"]) == 0
+    assert "(2 runs, 2 done earlier)" in capsys.readouterr().err
+    assert calls == []
+    assert dataclass_fields(cf.load_record(load()), kept=()) == dataclass_fields(long, kept=())
+    assert "fresh trainer seeds 1 at 5 epochs" in best_file.read_text()
+
+
+def test_runs_outside_a_smaller_confirmation_are_reused_by_a_larger_one(workdir, capsys,
+                                                                        monkeypatch):
+    (workdir / "c.yaml").write_text(CONFIRMING_SPACE)
+    calls = counting_runs(monkeypatch)
+    assert main(["search", "--space", "c.yaml"]) == 0
+    full = cf.load_record(load())
+    # fewer trials and seeds at the same length: all done; the rest stay on record
+    calls.clear()
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1", "--n-seeds", "1"]) == 0
+    small = cf.load_record(load())
+    assert calls == [] and small.complete and small.seeds == (1,)
+    assert small.other_lengths == {}  # runs of its own length are not another length's
+    assert sum(g.n_runs for g in small.kept) == full.n_runs - small.n_runs
+    # the search's confirmation again: every run is on record, none trains
+    assert main(["search", "--space", "c.yaml"]) == 0
+    assert calls == []
+    assert dataclass_fields(cf.load_record(load()), kept=()) == dataclass_fields(full, kept=())
+    assert not cf.load_record(load()).kept
+
+
+def test_export_goes_by_the_confirmation_it_is_given(workdir, capsys):
+    from tuner.export import export
+
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml"]) == 0
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1", "--epochs", "5"]) == 0
+    long = cf.load_record(load())
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1"]) == 0  # the study's now
+    assert cf.load_record(load()).epochs == 2
+    # a command exports the confirmation it ran, even if another length was confirmed since
+    pick, text = export(load(), workdir / "x.yaml", confirmation=long)
+    assert pick.trial.number == cf.best_confirmed(long)
+    assert "over fresh trainer seeds 1, 2 at 5 epochs" in text
+    assert "fresh trainer seeds 1, 2 at 5 epochs: val/acc mean" in text
+    # `tuner export` without one takes the study's: the one asked for last
+    capsys.readouterr()
+    assert main(["export", "--storage", URL, "--out", "y.yaml"]) == 0
+    assert "fresh trainer seeds 1, 2 at 2 epochs" in (workdir / "y.yaml").read_text()
+
+
+def test_a_record_without_kept_runs_still_loads_and_keeps_its_runs(workdir, capsys,
+                                                                  monkeypatch):
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml", "--confirm", "1"]) == 0
+    # as the tuner before `kept` wrote it
+    attr = dict(load().user_attrs["confirm"])
+    del attr["kept"]
+    load().set_user_attr("confirm", attr)
+    before = cf.load_record(load())
+    assert before is not None and before.kept == () and before.complete
+    calls = counting_runs(monkeypatch)
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1", "--epochs", "3"]) == 0
+    assert len(calls) == before.n_runs  # the new length trains
+    assert main(["confirm", "--space", "c.yaml", "--top-k", "1"]) == 0
+    assert len(calls) == before.n_runs  # the old record's runs are still there
+    assert cf.load_record(load()).runs == before.runs
+
+
+def dataclass_fields(record: cf.ConfirmRecord, **replaced) -> dict:
+    """The record's fields, some replaced (to compare records but for their kept runs)."""
+    return {**record.__dict__, **replaced}

@@ -322,15 +322,18 @@ def cmd_search(args: argparse.Namespace) -> int:
                 file=err,
             )
     confirm = config.search.confirm
+    record = None
     if confirm.top_k and st.best_trial(study) is not None:
-        code = _confirm(study, config, adapter, out_dir, confirm.top_k, out, command, lock)
+        code, record = _confirm(study, config, adapter, out_dir, confirm.top_k, out, command,
+                                lock)
         if code:
             return code
     if config.objective.is_multi:
         # the front is the result; the file gets its knee (the default pick rule)
         print(_status_text(study, storage_url), file=err)
     try:
-        pick, text = export(study, out, command=command)
+        # the confirmation at the length this search asked for, whatever ran since
+        pick, text = export(study, out, command=command, confirmation=record)
     except InputError as exc:
         print(f"no configuration written: {exc.message}", file=err)
         return 1
@@ -346,12 +349,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _confirm(
     study: Any, config: Any, adapter: Any, out_dir: Path, top_k: int, out: Path, command: str,
     lock: Any,
-) -> int:
-    """Run (or resume) the confirmation; print its table. Returns 0, or 130 on Ctrl-C.
+) -> tuple[int, Any]:
+    """Run (or resume) the confirmation; print its table.
 
     It holds the study's slot lock: every machine of a multi-machine search reaches this
     point, and the first one confirms while the others wait and then find nothing left to
     run (or only the runs of a trial that finished after it and entered the top k).
+
+    Returns:
+        0 and the confirmation (:class:`tuner.confirm.ConfirmRecord`), or 130 and None on
+        Ctrl-C.
     """
     from tuner import study as st
     from tuner.confirm import run_confirm, summary_lines
@@ -368,9 +375,9 @@ def _confirm(
         print("\ninterrupted: finished confirmation runs are kept; `tuner confirm` resumes",
               file=err)
         _write_best(study, out, command, quiet=False)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, None
     print("\n".join(summary_lines(record)), file=err)
-    return 0
+    return 0, record
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
@@ -406,11 +413,11 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     top_k = config.search.confirm.top_k or DEFAULT_TOP_K
     command = "tuner " + shlex.join(args.argv)
     lock = st.slot_lock(storage_url, st._storage_of(study), config.study)
-    code = _confirm(study, config, adapter, st.STUDIES_DIR / config.study, top_k, out, command,
-                    lock)
+    code, record = _confirm(study, config, adapter, st.STUDIES_DIR / config.study, top_k, out,
+                            command, lock)
     if code:
         return code
-    pick, _ = export(study, out, command=command)
+    pick, _ = export(study, out, command=command, confirmation=record)
     print(f"trial {pick.trial.number} ({pick.rule}) written to {out}", file=sys.stderr)
     return 0
 

@@ -11,6 +11,11 @@ own value is left out of that mean on purpose: it is the biased draw.
 
 Fresh seeds are the study's trainer seed + 1 ... + ``n_seeds``; the adapter says which of its
 settings is the seed (:attr:`trainer.base.Adapter.seed_setting`).
+
+Every run stays on record: the attr holds the confirmation asked for last (what ``status``,
+``report`` and ``export`` show) and, in its ``kept`` list, the runs outside it (other lengths,
+trials that left the top k, seeds no longer asked for), so that a confirmation that asks for a
+run done before reuses it instead of training it again.
 """
 
 from __future__ import annotations
@@ -57,6 +62,109 @@ def scoring_text(epochs: int | None, reduce: str | None) -> str:
     return length + (", scored by the last epoch" if reduce == "last" else "")
 
 
+def _tables_attr(
+    runs: Mapping[int, Mapping[int, float | None]],
+    reasons: Mapping[int, Mapping[int, str]],
+    curves: Mapping[int, Mapping[int, tuple[float, ...]]],
+) -> dict[str, Any]:
+    """The run tables in JSON-safe form (Optuna stores user attrs as JSON: keys become
+    strings)."""
+    return {
+        "runs": {str(t): {str(s): v for s, v in r.items()} for t, r in runs.items()},
+        "reasons": {str(t): {str(s): m for s, m in r.items()} for t, r in reasons.items()},
+        "curves": {str(t): {str(s): list(c) for s, c in r.items()} for t, r in curves.items()},
+    }
+
+
+def _tables_from_attr(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``runs``, ``reasons`` and ``curves`` read back from :func:`_tables_attr`'s form."""
+
+    def table(key: str) -> dict[int, dict[int, Any]]:
+        return {
+            int(t): {int(s): v for s, v in runs.items()}
+            for t, runs in (raw.get(key) or {}).items()
+        }
+
+    return {
+        "runs": table("runs"),
+        "reasons": table("reasons"),
+        "curves": {
+            t: {s: tuple(float(v) for v in c) for s, c in r.items()}
+            for t, r in table("curves").items()
+        },
+    }
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def other_lengths_text(lengths: Mapping[int | None, int]) -> str:
+    """``runs on record at other lengths: 8 epochs (2 runs) (...)``, from
+    :attr:`ConfirmRecord.other_lengths` (empty when there are none)."""
+    if not lengths:
+        return ""
+
+    def one(epochs: int | None, n: int) -> str:
+        length = "a trial's length" if epochs is None else f"{epochs} epochs"
+        return f"{length} ({n} run{'' if n == 1 else 's'})"
+
+    listed = ", ".join(one(e, n) for e, n in lengths.items())
+    return f"runs on record at other lengths: {listed} (a confirmation at that length reuses them)"
+
+
+@dataclass(frozen=True)
+class KeptRuns:
+    """Confirmation runs on record outside the current confirmation, of one metric and length.
+
+    They are the runs an earlier confirmation made that the current one does not show: at
+    another length, of a trial that left the top k, on a seed no longer asked for. A later
+    confirmation that asks for one of them takes it instead of training it again.
+
+    Attributes:
+        metric: The objective metric the values are of.
+        direction: ``maximize`` or ``minimize`` (to re-score a curve).
+        epochs: The runs' length (None: a record that predates the field, whose runs were a
+            trial's length, or an adapter without an epochs setting).
+        reduce: How a run's epochs became its value, ``best`` or ``last``.
+        runs: Trial -> seed -> value (None: the run failed; see ``reasons``).
+        reasons: Trial -> seed -> why the run failed.
+        curves: Trial -> seed -> the metric at each epoch of a successful run.
+    """
+
+    metric: str
+    direction: str
+    epochs: int | None
+    reduce: str
+    runs: Mapping[int, Mapping[int, float | None]] = field(default_factory=dict)
+    reasons: Mapping[int, Mapping[int, str]] = field(default_factory=dict)
+    curves: Mapping[int, Mapping[int, tuple[float, ...]]] = field(default_factory=dict)
+
+    @property
+    def n_runs(self) -> int:
+        return sum(len(r) for r in self.runs.values())
+
+    def to_attr(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {
+            "metric": self.metric,
+            "direction": self.direction,
+            "epochs": self.epochs,
+            "reduce": self.reduce,
+            **_tables_attr(self.runs, self.reasons, self.curves),
+        }
+
+    @classmethod
+    def from_attr(cls, raw: Mapping[str, Any]) -> KeptRuns:
+        return cls(
+            metric=str(raw["metric"]),
+            direction=str(raw["direction"]),
+            epochs=_optional_int(raw.get("epochs")),
+            reduce=str(raw["reduce"]),
+            **_tables_from_attr(raw),
+        )
+
+
 @dataclass(frozen=True)
 class ConfirmRecord:
     """The fresh-seed runs of a study, as stored in its ``confirm`` user attr.
@@ -77,6 +185,9 @@ class ConfirmRecord:
             predates this field and scored runs as the search's ``objective.reduce``).
         curves: Trial -> seed -> the metric at each epoch of a successful run, so that a
             confirmation scored another way re-scores its runs instead of training them again.
+        kept: The study's other confirmation runs (:class:`KeptRuns`): not part of this
+            confirmation, on record so that a later one reuses them. Empty in a record that
+            predates the field.
     """
 
     metric: str
@@ -90,6 +201,7 @@ class ConfirmRecord:
     epochs: int | None = None
     reduce: str | None = None
     curves: Mapping[int, Mapping[int, tuple[float, ...]]] = field(default_factory=dict)
+    kept: tuple[KeptRuns, ...] = ()
 
     @property
     def scoring(self) -> str:
@@ -150,49 +262,48 @@ class ConfirmRecord:
         """Every (trial, seed) pair ran (successfully or not)."""
         return self.n_done == self.n_runs
 
+    @property
+    def other_lengths(self) -> dict[int | None, int]:
+        """Length -> how many runs of this metric are kept at that length, for every length
+        but this confirmation's (what a confirmation at that length would reuse)."""
+        out: dict[int | None, int] = {}
+        for group in self.kept:
+            if group.metric == self.metric and group.epochs != self.epochs and group.n_runs:
+                out[group.epochs] = out.get(group.epochs, 0) + group.n_runs
+        return dict(sorted(out.items(), key=lambda item: (item[0] is None, item[0] or 0)))
+
     def to_attr(self) -> dict[str, Any]:
-        """JSON-safe form (Optuna stores user attrs as JSON: keys become strings)."""
+        """JSON-safe form (Optuna stores user attrs as JSON: keys become strings).
+
+        The keys of a record without ``kept`` stay as they were, so a tuner that predates
+        ``kept`` still reads the current confirmation.
+        """
         return {
             "metric": self.metric,
             "direction": self.direction,
             "seeds": list(self.seeds),
             "trials": list(self.trials),
             "baseline": self.baseline,
-            "runs": {str(t): {str(s): v for s, v in r.items()} for t, r in self.runs.items()},
-            "reasons": {
-                str(t): {str(s): m for s, m in r.items()} for t, r in self.reasons.items()
-            },
             "search_values": {str(t): v for t, v in self.search_values.items()},
             "epochs": self.epochs,
             "reduce": self.reduce,
-            "curves": {
-                str(t): {str(s): list(c) for s, c in r.items()} for t, r in self.curves.items()
-            },
+            **_tables_attr(self.runs, self.reasons, self.curves),
+            "kept": [group.to_attr() for group in self.kept],
         }
 
     @classmethod
     def from_attr(cls, raw: Mapping[str, Any]) -> ConfirmRecord:
-        def table(key: str) -> dict[int, dict[int, Any]]:
-            return {
-                int(t): {int(s): v for s, v in runs.items()}
-                for t, runs in (raw.get(key) or {}).items()
-            }
-
         return cls(
             metric=str(raw["metric"]),
             direction=str(raw["direction"]),
             seeds=tuple(int(s) for s in raw["seeds"]),
             trials=tuple(int(t) for t in raw["trials"]),
-            runs=table("runs"),
-            reasons=table("reasons"),
             search_values={int(t): float(v) for t, v in (raw.get("search_values") or {}).items()},
             baseline=raw.get("baseline"),
-            epochs=None if raw.get("epochs") is None else int(raw["epochs"]),
+            epochs=_optional_int(raw.get("epochs")),
             reduce=None if raw.get("reduce") is None else str(raw["reduce"]),
-            curves={
-                t: {s: tuple(float(v) for v in c) for s, c in r.items()}
-                for t, r in table("curves").items()
-            },
+            kept=tuple(KeptRuns.from_attr(g) for g in raw.get("kept") or ()),
+            **_tables_from_attr(raw),
         )
 
 
@@ -308,9 +419,11 @@ def run_confirm(
 ) -> ConfirmRecord:
     """Re-train the top trials and the baseline on ``n_seeds`` fresh seeds; record each run.
 
-    Runs recorded by an earlier (interrupted) confirmation with the same seeds, metric and
-    length are kept; scored another way (``reduce``), they are re-scored from their curves
-    rather than trained again.
+    A run on record (of this confirmation when it was interrupted, or kept from an earlier
+    one) of the same trial, seed, metric and length is taken instead of trained again; scored
+    another way (``reduce``), it is re-scored from its curve. Runs of the earlier confirmation
+    that this one does not ask for (another length, a trial no longer in the top k) stay on
+    record, in :attr:`ConfirmRecord.kept`.
 
     Args:
         study: A single-objective study with complete trials.
@@ -342,25 +455,17 @@ def run_confirm(
     trials = [*chosen, *([base] if extra else [])]
     target = config.objective.primary
     how = reduce or config.objective.reduce
-    old = load_record(study)
     # the length the runs train, resolved (a `--set trainer.epochs=50` is 50 as much as
     # `--epochs 50`), so that runs of another length, another measurement, are never mixed in
     length = epochs if epochs is not None else adapter.settings_dict().get(EPOCHS_SETTING)
-    same_length = old is not None and (
-        old.epochs == length or (old.epochs is None and epochs is None)  # an older record
+    tables = _Tables.of([t.number for t in trials])
+    runs, reasons, curves = tables.runs, tables.reasons, tables.curves
+    kept = _reuse(
+        load_record(study),
+        _Asked(target.metric, length, epochs is None, _trial_length(study), how,
+               config.objective.reduce, seeds),
+        tables, say,
     )
-    keep = old is not None and old.metric == target.metric and same_length
-    if old is not None and not keep and old.n_done:
-        why = "another metric" if old.metric != target.metric else (
-            f"{old.epochs} epochs" if old.epochs is not None else "a trial's length")
-        say(f"confirm: the {old.n_done} runs of the earlier confirmation ({why}) are replaced")
-    runs: dict[int, dict[int, float | None]] = {t.number: {} for t in trials}
-    reasons: dict[int, dict[int, str]] = {t.number: {} for t in trials}
-    curves: dict[int, dict[int, tuple[float, ...]]] = {t.number: {} for t in trials}
-    if keep:
-        assert old is not None
-        _carry_over(old, how if (old.reduce or config.objective.reduce) != how else None,
-                    seeds, runs, reasons, curves, say)
     baseline = base.number if base is not None else None
 
     def record() -> ConfirmRecord:
@@ -376,6 +481,7 @@ def run_confirm(
             epochs=length,
             reduce=how,
             curves=curves,
+            kept=kept,
         )
 
     build = make_adapter or _prepared
@@ -429,44 +535,134 @@ def run_confirm(
     return final
 
 
-def _carry_over(
-    old: ConfirmRecord,
-    rescore: str | None,
-    seeds: tuple[int, ...],
-    runs: dict[int, dict[int, float | None]],
-    reasons: dict[int, dict[int, str]],
-    curves: dict[int, dict[int, tuple[float, ...]]],
-    say: Callable[[str], None],
-) -> None:
-    """Keep the earlier confirmation's runs of these trials and seeds (filled in place).
+def _trial_length(study: optuna.Study) -> int | None:
+    """The study's trial length (``trainer.epochs`` of the config it saved when created)."""
+    saved = (study.user_attrs.get("config") or {}).get("trainer")
+    value = saved.get(EPOCHS_SETTING) if isinstance(saved, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    Args:
-        old: The earlier record (same metric and length).
-        rescore: ``best`` or ``last`` to re-score each kept run from its curve, None to keep
-            the values as they are. A failed run stays failed (scoring does not change why
-            training failed); a successful run without a curve (an older record) is dropped
-            and trains again.
+
+@dataclass(frozen=True)
+class _Asked:
+    """What a confirmation measures, to tell which runs on record it can take.
+
+    Attributes:
+        metric: The objective metric.
+        length: The runs' length, resolved (None: the adapter has no epochs setting).
+        trial_length_asked: No ``epochs`` was given (the runs are a trial's length).
+        trial_length: The study's trial length, None when its saved config does not say.
+        reduce: How its runs are scored.
+        default_reduce: The objective's ``reduce``: how a record that predates the field
+            scored its runs.
+        seeds: The fresh seeds it asks for.
     """
+
+    metric: str
+    length: int | None
+    trial_length_asked: bool
+    trial_length: int | None
+    reduce: str
+    default_reduce: str
+    seeds: tuple[int, ...]
+
+    def same_length(self, epochs: int | None) -> bool:
+        """Whether runs recorded with length ``epochs`` are this length."""
+        if epochs is not None:
+            return epochs == self.length
+        # a record that predates the length field: its runs were a trial's length
+        if self.trial_length is not None:
+            return self.length == self.trial_length
+        return self.trial_length_asked
+
+    def takes(self, group: KeptRuns) -> bool:
+        """Whether the group's runs are this measurement (same metric and length)."""
+        return group.metric == self.metric and self.same_length(group.epochs)
+
+
+@dataclass
+class _Tables:
+    """Run tables being filled: trial -> seed -> value, failure reason, curve."""
+
+    runs: dict[int, dict[int, float | None]] = field(default_factory=dict)
+    reasons: dict[int, dict[int, str]] = field(default_factory=dict)
+    curves: dict[int, dict[int, tuple[float, ...]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, numbers: list[int]) -> _Tables:
+        """Empty tables with a row for each of these trials."""
+        return cls({n: {} for n in numbers}, {n: {} for n in numbers}, {n: {} for n in numbers})
+
+    def put(
+        self, number: int, seed: int, value: float | None, reason: str | None,
+        curve: tuple[float, ...] | None,
+    ) -> None:
+        self.runs.setdefault(number, {})[seed] = value
+        if reason is not None:
+            self.reasons.setdefault(number, {})[seed] = reason
+        if curve:
+            self.curves.setdefault(number, {})[seed] = curve
+
+
+def _reuse(
+    old: ConfirmRecord | None, asked: _Asked, into: _Tables, say: Callable[[str], None]
+) -> tuple[KeptRuns, ...]:
+    """Take the runs on record that this confirmation asks for; return the rest, to keep.
+
+    ``into`` (a row per confirmed trial) gets every run on record of those trials and
+    ``asked.seeds`` at the same metric and length, from the earlier confirmation first, then
+    from its kept runs. Scored another way, a run is re-scored from its curve; a failed run
+    stays failed (scoring does not change why training failed); a successful run without a
+    curve (an older record) is dropped and trains again.
+
+    Returns:
+        The runs this confirmation does not ask for: the kept groups of other lengths and
+        metrics as they were (the earlier confirmation among them when it was one of those),
+        and the runs of this length outside the confirmed trials and seeds.
+    """
+    if old is None:
+        return ()
+    current = KeptRuns(old.metric, old.direction, old.epochs, old.reduce or asked.default_reduce,
+                       old.runs, old.reasons, old.curves)
+    groups = [current, *old.kept]
+    if not asked.takes(current) and old.n_done:
+        # they used to be replaced, and switching lengths back and forth re-trained every time
+        why, which = ("another metric", "of that metric") if old.metric != asked.metric else (
+            (f"{old.epochs} epochs" if old.epochs is not None else "a trial's length"),
+            "at that length")
+        say(f"confirm: the {old.n_done} runs of the earlier confirmation ({why}) are kept; a "
+            f"confirmation {which} reuses them")
+    others = tuple(g for g in groups if not asked.takes(g) and g.n_runs)
+    # runs of this length outside the confirmation, by how they were scored
+    leftover: dict[str, tuple[str, _Tables]] = {}
+    seen: set[tuple[int, int]] = set()
     n_rescored = n_dropped = 0
-    for number in runs:
-        for seed, value in old.runs.get(number, {}).items():
-            if seed not in seeds:
-                continue
-            curve = old.curves.get(number, {}).get(seed)
-            if value is not None and rescore is not None:
-                if not curve:
-                    n_dropped += 1
+    for group in (g for g in groups if asked.takes(g)):
+        rescore = asked.reduce if group.reduce != asked.reduce else None
+        for number, by_seed in group.runs.items():
+            for seed, value in by_seed.items():
+                if (number, seed) in seen:
+                    continue  # the earlier confirmation's run comes first
+                seen.add((number, seed))
+                curve = group.curves.get(number, {}).get(seed)
+                reason = group.reasons.get(number, {}).get(seed)
+                if number not in into.runs or seed not in asked.seeds:
+                    _, tables = leftover.setdefault(group.reduce, (group.direction, _Tables()))
+                    tables.put(number, seed, value, reason, curve)
                     continue
-                value = reduce_values(curve, old.direction, rescore)
-                n_rescored += 1
-            runs[number][seed] = value
-            if seed in old.reasons.get(number, {}):
-                reasons[number][seed] = old.reasons[number][seed]
-            if curve:
-                curves[number][seed] = curve
-    if rescore is not None and (n_rescored or n_dropped):
-        say(f"confirm: {n_rescored} earlier runs re-scored by their {rescore} epoch"
+                if value is not None and rescore is not None:
+                    if not curve:
+                        n_dropped += 1
+                        continue
+                    value = reduce_values(curve, group.direction, rescore)
+                    n_rescored += 1
+                into.put(number, seed, value, reason, curve)
+    if n_rescored or n_dropped:
+        say(f"confirm: {n_rescored} earlier runs re-scored by their {asked.reduce} epoch"
             + (f"; {n_dropped} without a recorded curve train again" if n_dropped else ""))
+    return (*others, *(
+        KeptRuns(asked.metric, direction, asked.length, how, t.runs, t.reasons, t.curves)
+        for how, (direction, t) in leftover.items()
+    ))
 
 
 def _prepared(config: StudyConfig) -> Adapter:
@@ -516,4 +712,7 @@ def summary_lines(record: ConfirmRecord) -> list[str]:
             f"{'' if std is None else f'{std:.3g}':>7}  {n_ok}"
             + (f"  ({', '.join(notes)})" if notes else "")
         )
+    other = other_lengths_text(record.other_lengths)
+    if other:
+        lines.append(f"  {other}")
     return lines

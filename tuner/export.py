@@ -83,13 +83,18 @@ def parse_pick(text: str) -> PickRule:
     raise InputError("--pick", None, f"expected {PICK_CHOICES}, got {text!r}")
 
 
-def default_pick(study: optuna.Study) -> PickRule:
+def default_pick(study: optuna.Study, confirmation: ConfirmRecord | None = None) -> PickRule:
     """``knee`` for a multi-objective study (the balanced trade); ``confirmed`` once a
     confirmation (:mod:`tuner.confirm`) has finished every run and still covers the study's
-    best trial (trials added after it make it stale); else ``best-metric``."""
+    best trial (trials added after it make it stale); else ``best-metric``.
+
+    Args:
+        study: The study.
+        confirmation: The confirmation to go by (None: the study's, the one asked for last).
+    """
     if len(study.directions) > 1:
         return PickRule("knee")
-    record = load_record(study)
+    record = confirmation or load_record(study)
     if record is not None and record.complete and best_confirmed(record) is not None:
         best = best_trial(study)
         if best is not None and best.number in record.confirmed:
@@ -98,9 +103,16 @@ def default_pick(study: optuna.Study) -> PickRule:
 
 
 def pick_trial(
-    study: optuna.Study, number: int | None = None, rule: str | PickRule | None = None
+    study: optuna.Study,
+    number: int | None = None,
+    rule: str | PickRule | None = None,
+    confirmation: ConfirmRecord | None = None,
 ) -> Pick:
     """Trial ``number``, or the trial the pick rule chooses (default: :func:`default_pick`).
+
+    ``confirmation`` is the confirmation that ``confirmed`` (and the default rule) go by: the
+    one a command has just run, at the length it asked for (None: the study's, the one asked
+    for last; another process may have confirmed at another length since).
 
     Rules, over the complete trials:
 
@@ -127,7 +139,7 @@ def pick_trial(
         return Pick(trials[number], "chosen with --trial")
     if isinstance(rule, str):
         rule = parse_pick(rule)
-    rule = rule or default_pick(study)
+    rule = rule or default_pick(study, confirmation)
     info = study_info(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if rule.kind == "knee" and not info.is_multi:
@@ -138,7 +150,7 @@ def pick_trial(
     if not complete:
         raise InputError("--study", None, f"study {study.study_name!r} has no complete trial yet")
     if rule.kind == "confirmed":
-        return _confirmed(study)
+        return _confirmed(study, confirmation or load_record(study))
     if rule.kind == "knee":
         trial = knee_trial(complete, info)
         text = (
@@ -157,8 +169,7 @@ def pick_trial(
     return Pick(trial, text)
 
 
-def _confirmed(study: optuna.Study) -> Pick:
-    record = load_record(study)
+def _confirmed(study: optuna.Study, record: ConfirmRecord | None) -> Pick:
     if record is None:
         raise InputError(
             "--pick", None, f"study {study.study_name!r} has not been confirmed; run "
@@ -257,8 +268,12 @@ def edge_params(trial: FrozenTrial, tolerance: float = EDGE_TOLERANCE) -> list[s
     return out
 
 
-def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[str]:
-    """Provenance: study, trial, metric and value, baseline and gain, date, command."""
+def header_lines(
+    study: optuna.Study, pick: Pick, command: str | None,
+    confirmation: ConfirmRecord | None = None,
+) -> list[str]:
+    """Provenance: study, trial, metric and value, baseline and gain, fresh-seed means (of
+    ``confirmation``, else the study's), date, command."""
     trial = pick.trial
     metrics = study.user_attrs.get("metrics") or ["value"]
     by_state = counts(study)
@@ -280,7 +295,7 @@ def header_lines(study: optuna.Study, pick: Pick, command: str | None) -> list[s
         )
     else:
         lines.append("baseline: not in this study")
-    lines += _confirm_lines(load_record(study), trial.number)
+    lines += _confirm_lines(confirmation or load_record(study), trial.number)
     edges = edge_params(trial)
     if edges:
         lines.append(
@@ -324,6 +339,7 @@ def render(
     fmt: str | None = None,
     command: str | None = None,
     filename: str = "best_hyp.yaml",
+    confirmation: ConfirmRecord | None = None,
 ) -> str:
     """The file text: ``#`` header, then the format's mapping as YAML.
 
@@ -333,6 +349,8 @@ def render(
         fmt: A format name (default: the study's adapter's own).
         command: The command that wrote the file, for the header.
         filename: The name the file is written under (the header's commands use it).
+        confirmation: The confirmation the header's fresh-seed means come from (None: the
+            study's).
     """
     config = study.user_attrs.get("config", {})
     settings = dict(config.get("trainer", {}))
@@ -342,7 +360,7 @@ def render(
             "--format", None, f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}"
         )
     mapping, extra = FORMATS[fmt].render(trial_hyp(study, pick.trial), settings, filename)
-    lines = header_lines(study, pick, command) + [f"format: {fmt}"] + extra
+    lines = header_lines(study, pick, command, confirmation) + [f"format: {fmt}"] + extra
     head = "".join(f"# {line}\n" for line in lines)
     return head + dump_yaml(_plain(mapping))
 
@@ -413,14 +431,17 @@ def export(
     fmt: str | None = None,
     command: str | None = None,
     pick: str | PickRule | None = None,
+    confirmation: ConfirmRecord | None = None,
 ) -> tuple[Pick, str]:
     """Pick a trial (``number``, else by rule ``pick``), render it and write it to ``out``.
+
+    ``confirmation`` is the one the pick and the header go by (see :func:`pick_trial`).
 
     Returns:
         The pick and the text written.
     """
-    chosen = pick_trial(study, number, pick)
-    text = render(study, chosen, fmt, command, Path(out).name)
+    chosen = pick_trial(study, number, pick, confirmation)
+    text = render(study, chosen, fmt, command, Path(out).name, confirmation)
     write_atomic(out, text)
     return chosen, text
 

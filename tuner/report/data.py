@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.distributions import CategoricalDistribution
@@ -975,6 +975,8 @@ class ConfirmView:
         exported: The default export takes the pick (False while runs are missing, or once a
             later trial beat every confirmed one: ``tuner export`` then takes the best metric).
         best_number: The study's best trial by search value, for saying what overtook it.
+        other_lengths: Length -> runs on record at each other length (a confirmation at that
+            length takes them instead of training; :attr:`tuner.confirm.ConfirmRecord.kept`).
     """
 
     metric: str
@@ -988,6 +990,7 @@ class ConfirmView:
     exported: bool = False
     best_number: int | None = None
     reduce: str | None = None
+    other_lengths: Mapping[int | None, int] = field(default_factory=dict)
 
     @property
     def scoring(self) -> str:
@@ -1003,7 +1006,8 @@ class ConfirmView:
 
 
 def build_confirm(study: Any) -> ConfirmView | None:
-    """The confirmation recorded in the study, or None when it has none."""
+    """The confirmation recorded in the study (the one asked for last), or None when it has
+    none."""
     from tuner.confirm import best_confirmed, load_record
     from tuner.export import default_pick
     from tuner.study import best_trial
@@ -1029,9 +1033,9 @@ def build_confirm(study: Any) -> ConfirmView | None:
     return ConfirmView(record.metric, record.direction, record.seeds, record.epochs, rows,
                        record.n_done, record.n_runs,
                        record.gain(picked) if picked is not None else None,
-                       exported=default_pick(study).kind == "confirmed",
+                       exported=default_pick(study, record).kind == "confirmed",
                        best_number=best.number if best is not None else None,
-                       reduce=record.reduce)
+                       reduce=record.reduce, other_lengths=record.other_lengths)
 
 
 # -- the whole report ------------------------------------------------------------------------

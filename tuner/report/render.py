@@ -336,8 +336,16 @@ def confirm_figure(view: ConfirmView) -> go.Figure:
 
 
 def confirm_note(view: ConfirmView) -> str:
-    """One line: seeds, length, progress, the pick, its gain over the baseline, and whether
-    the default export takes it."""
+    """One line: seeds, length, progress, the pick, its gain over the baseline, whether the
+    default export takes it, and the runs on record at other lengths."""
+    from tuner.confirm import other_lengths_text
+
+    other = other_lengths_text(view.other_lengths)
+    return _confirm_pick_note(view) + (f"; {other}" if other else "")
+
+
+def _confirm_pick_note(view: ConfirmView) -> str:
+    """:func:`confirm_note` without the other lengths."""
     text = (f"trainer seeds {', '.join(map(str, view.seeds))}{view.scoring}, "
             f"{view.n_done}/{view.n_runs} runs")
     if view.n_done < view.n_runs:
