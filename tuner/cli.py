@@ -666,10 +666,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from tuner.dashboard import serve
 
-    def ready() -> None:
+    def ready(url: str) -> None:
         print(
-            f"optuna-dashboard on http://{args.host}:{args.port}/ for {args.storage} "
-            "(Ctrl-C to stop)",
+            f"optuna-dashboard on {url} for {args.storage} (Ctrl-C to stop)",
             file=sys.stderr, flush=True,
         )
 
@@ -700,6 +699,19 @@ def cmd_blocks(args: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    """The ``type`` of ``--port``: a TCP port, 0 to 65535 (argparse names the flag)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        # checked here: a port out of range reached the server as an OverflowError, after it
+        # had said it was listening
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 65535, got {port}")
+    return port
 
 
 def _add_space_flags(p: argparse.ArgumentParser) -> None:
@@ -864,7 +876,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on a storage (extra: dashboard)")
     p.add_argument("--storage", required=True, help="storage URL")
     p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.add_argument(
+        "--port", type=_port, default=8080, help="port, 0: any free one (default: %(default)s)"
+    )
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("validate", help="check a space file and print the resolved config")
