@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import importlib.util
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -314,6 +322,60 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(
     leftovers = list(studies.rglob("*")) if studies.exists() else []
     # only caches may remain: no study database, lock file, hyp or config YAML, and no empty
     # studies/<study>/ folder
+    assert [p for p in leftovers if ".cache" in p.relative_to(studies).parts] == leftovers
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+        pass  # the test reads stderr: only the tuner may write there
+
+
+@contextlib.contextmanager
+def web_server() -> Iterator[int]:
+    """An HTTP/1 server on a free loopback port (a thread); yields the port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel's backlog) and never says a word."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the ray extra is missing")
+@pytest.mark.parametrize("server,expected", [
+    (web_server, "is not a Ray cluster: it answered '"),
+    (silent_server, "is not a Ray cluster: no gRPC (HTTP/2) answer within 0.5 s"),
+], ids=["web server", "silent server"])
+def test_ray_address_of_a_server_that_is_not_ray_fails_in_seconds(
+    workdir, capsys, monkeypatch, server, expected
+):
+    """A plain TCP probe passed these, and ``ray.init`` then retried them for minutes, after
+    the study was created and its baseline enqueued."""
+    monkeypatch.setattr("tuner.cli.RAY_PROBE_SECONDS", 0.5)
+    (workdir / "s.yaml").write_text(space_text())
+    with server() as port:
+        started = time.monotonic()
+        code = main(["search", "--space", "s.yaml", "--backend", "ray",
+                     "--ray-address", f"127.0.0.1:{port}"])
+        elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"tuner: error: --ray-address: 127.0.0.1:{port} {expected}"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert elapsed < 5, elapsed
+    studies = workdir / "studies"
+    leftovers = list(studies.rglob("*")) if studies.exists() else []
     assert [p for p in leftovers if ".cache" in p.relative_to(studies).parts] == leftovers
 
 

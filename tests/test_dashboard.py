@@ -147,12 +147,57 @@ def test_busy_port_is_a_clear_error(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        server = start(url, busy.getsockname()[1])
+        port = busy.getsockname()[1]
+        server = start(url, port)
         try:
             server.wait(timeout=60)
         finally:
             code, err = stop(server)
     assert code == 2 and "--port: cannot listen on 127.0.0.1" in err
+    # bound before anything is said: no "Listening on" (bottle's) or "optuna-dashboard on" line
+    assert err.strip().splitlines() == [
+        f"tuner: error: --port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ], err
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536", "http"])
+def test_port_out_of_range_is_a_usage_error(tmp_path, capsys, port):
+    """It reached the server, which said "Listening on ..." and then failed with an
+    OverflowError (exit 1)."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["dashboard", "--storage", url, "--port", port])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "tuner dashboard: error: argument --port: " in err
+    assert "Listening" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_unresolvable_host_names_host(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(storage=st.open_storage(url, heartbeat=False), study_name="x")
+    assert main(["dashboard", "--storage", url, "--host", "999.1.1.1"]) == 2
+    err = capsys.readouterr().err
+    # one line, naming the flag at fault (it said --port)
+    assert err.startswith("tuner: error: --host: cannot listen on 999.1.1.1: "), err
+    assert len(err.strip().splitlines()) == 1 and "Listening" not in err
+
+
+def test_port_0_serves_on_a_free_port_and_says_which(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(storage=st.open_storage(url, heartbeat=False), study_name="x")
+    server = start(url, 0)
+    try:
+        line = server.stderr.readline()  # the first thing it says: the URL, once bound
+        assert line.startswith("optuna-dashboard on http://127.0.0.1:"), line
+        base = line.split()[2].rstrip("/")
+        assert not base.endswith(":0")
+        [summary] = get_json(f"{base}/api/studies")["study_summaries"]
+        assert summary["study_name"] == "x"
+    finally:
+        code, err = stop(server)
+    assert code == 0, err
 
 
 def test_missing_optuna_dashboard_is_an_input_error(monkeypatch, tmp_path, capsys):

@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 study failure, 2 usage or input error, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -18,8 +19,11 @@ from tuner import interrupt
 from tuner.errors import InputError, TunerError
 
 EXIT_INTERRUPTED = 130
-# how long --ray-address may take to accept a TCP connection before it counts as unreachable
+# how long --ray-address may take to connect and answer as a gRPC (HTTP/2) server before it
+# counts as unreachable
 RAY_PROBE_SECONDS = 5.0
+# a client's HTTP/2 connection preface (RFC 9113 3.4) and an empty SETTINGS frame after it
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -173,9 +177,11 @@ def _parse_resources(text: str | None) -> dict[str, float]:
 def _check_ray_address(address: str) -> None:
     """Fail fast on a cluster address that cannot work.
 
-    ``ray.init`` retries an unreachable address for minutes, printing a warning every few
-    seconds; a TCP probe of ``HOST:PORT`` (or ``ray://HOST:PORT``) answers in seconds, before
-    any study is created. ``auto`` and ``local`` are left to Ray.
+    ``ray.init`` retries an address for minutes, printing a warning every few seconds, both when
+    nothing listens there and when something that is not Ray does (a web server, a database):
+    a Ray GCS (or Ray Client server, ``ray://``) is a gRPC server, and a probe that opens an
+    HTTP/2 connection to ``HOST:PORT`` tells one from anything else in seconds, before any
+    study is created. ``auto`` and ``local`` are left to Ray.
     """
     import socket
 
@@ -187,14 +193,65 @@ def _check_ray_address(address: str) -> None:
         raise InputError(
             "--ray-address", None, f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}"
         )
+    # with RAY_USE_TLS Ray's gRPC is behind TLS, which a plain HTTP/2 preface cannot pass: only
+    # the TCP connection is checked then
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_PROBE_SECONDS):
-            pass
+        with socket.create_connection(
+            (host.strip("[]"), int(port)), timeout=RAY_PROBE_SECONDS
+        ) as sock:
+            not_ray = None if tls else _not_grpc(sock, time.monotonic() + RAY_PROBE_SECONDS)
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise InputError(
             "--ray-address", None, f"cannot reach a Ray cluster at {address}: {reason}"
         ) from None
+    if not_ray:
+        raise InputError("--ray-address", None, f"{address} is not a Ray cluster: {not_ray}")
+
+
+def _not_grpc(sock: Any, deadline: float) -> str | None:
+    """Why the server on ``sock`` is not a gRPC server, or None when it answers as one.
+
+    A gRPC server answers a client's HTTP/2 preface with a SETTINGS frame first (RFC 9113 3.4),
+    before any authentication (a Ray cluster's token travels in each call's metadata). An
+    HTTP/1 server answers with a status line or hangs up; many other servers say nothing.
+
+    Args:
+        sock: A connected TCP socket, nothing sent on it yet.
+        deadline: ``time.monotonic()`` by which the answer must have come.
+    """
+    received = b""
+    timed_out = False
+    try:
+        sock.sendall(HTTP2_PREFACE)
+        while len(received) < 9:  # a frame header: length (3), type (1), flags (1), stream (4)
+            sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            chunk = sock.recv(9 - len(received))
+            if not chunk:
+                break
+            received += chunk
+    except TimeoutError:
+        timed_out = True
+    except OSError:  # reset by the server: judged by what it sent before, if anything
+        pass
+    if received[3:5] == b"\x04\x00" and received[5:9] == bytes(4):  # SETTINGS, no ACK, stream 0
+        try:  # a polite goodbye (GOAWAY, NO_ERROR), so the server logs no broken connection
+            sock.sendall(b"\x00\x00\x08\x07" + bytes(13))
+        except OSError:
+            pass
+        return None
+    if not received:
+        if timed_out:
+            return f"no gRPC (HTTP/2) answer within {RAY_PROBE_SECONDS:g} s"
+        return "it closed the connection without a gRPC (HTTP/2) answer"
+    try:  # the rest of its first line, to show what it is (an HTTP/1 status line, HTML)
+        sock.settimeout(0.2)
+        received += sock.recv(64)
+    except OSError:
+        pass
+    first = received.decode("utf-8", "replace").splitlines()[0][:60]
+    return f"it answered {first!r} where Ray answers in gRPC (HTTP/2)"
 
 
 def _search_options(args: argparse.Namespace) -> Any:
@@ -616,10 +673,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from tuner.dashboard import serve
 
-    def ready() -> None:
+    def ready(url: str) -> None:
         print(
-            f"optuna-dashboard on http://{args.host}:{args.port}/ for {args.storage} "
-            "(Ctrl-C to stop)",
+            f"optuna-dashboard on {url} for {args.storage} (Ctrl-C to stop)",
             file=sys.stderr, flush=True,
         )
 
@@ -654,6 +710,19 @@ def cmd_blocks(args: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    """The ``type`` of ``--port``: a TCP port, 0 to 65535 (argparse names the flag)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        # checked here: a port out of range reached the server as an OverflowError, after it
+        # had said it was listening
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 65535, got {port}")
+    return port
 
 
 def _add_space_flags(p: argparse.ArgumentParser) -> None:
@@ -818,7 +887,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on a storage (extra: dashboard)")
     p.add_argument("--storage", required=True, help="storage URL")
     p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.add_argument(
+        "--port", type=_port, default=8080, help="port, 0: any free one (default: %(default)s)"
+    )
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("validate", help="check a space file and print the resolved config")

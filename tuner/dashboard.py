@@ -88,15 +88,19 @@ def serve(
     storage_url: str,
     host: str = "127.0.0.1",
     port: int = 8080,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Annotate the studies, then serve optuna-dashboard until interrupted.
+
+    The address is bound first, so a bad ``--host`` or ``--port`` fails before any note is
+    written and before anything says the dashboard is listening.
 
     Args:
         storage_url: The studies' storage (it must exist).
         host: Address to listen on.
-        port: Port to listen on.
-        on_ready: Called once the storage is open, before serving (the CLI's "on http://...").
+        port: Port to listen on (0: one the OS picks, shown by ``on_ready``).
+        on_ready: Called with the URL once the address is bound and the studies annotated,
+            before serving (the CLI's "on http://...").
 
     Raises:
         InputError: optuna-dashboard is not installed, or the address cannot be bound.
@@ -110,24 +114,64 @@ def serve(
     from tuner.study import open_storage
 
     storage = open_storage(storage_url, heartbeat=False, create=False)
-    annotate(storage)
-    if on_ready is not None:
-        on_ready()
+    # optuna_dashboard.run_server leaves the binding to bottle, which prints "Listening on"
+    # before it binds and lets a port out of range escape as an OverflowError: the WSGI app
+    # runs on a server bound here instead (the same wsgiref server bottle would start)
+    server = _listen(host, port, optuna_dashboard.wsgi(storage))
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        # wsgiref swallows a KeyboardInterrupt that lands inside a request, and bottle
-        # returns quietly from others, so Ctrl-C sometimes did not stop the server: stop at
-        # once instead (the server only reads; the note was written before serving)
-        signal.signal(sig, _stop_now)
     try:
-        optuna_dashboard.run_server(storage, host=host, port=port)
-    except OSError as exc:
-        raise InputError(
-            "--port", None, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-        ) from None
+        annotate(storage)
+        if on_ready is not None:
+            bound_host, bound_port = server.server_address[:2]
+            on_ready(f"http://{_url_host(bound_host)}:{bound_port}/")
+        for sig in previous:
+            # wsgiref swallows a KeyboardInterrupt that lands inside a request, so Ctrl-C
+            # sometimes did not stop the server: stop at once instead (the server only reads;
+            # the note was written before serving)
+            signal.signal(sig, _stop_now)
+        server.serve_forever()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        server.server_close()
+
+
+def _listen(host: str, port: int, app: Any) -> Any:
+    """A wsgiref server for ``app``, bound to ``host:port`` and listening.
+
+    Raises:
+        InputError: ``host`` does not resolve or is no address of this machine (``--host``),
+            or the port is taken or needs privileges (``--port``).
+    """
+    import errno
+    import socket
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    try:
+        # the address family of the host (IPv6 for ::1), which wsgiref's server does not pick
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError("--host", None, f"cannot listen on {host}: {reason}") from None
+
+    class Server(WSGIServer):
+        address_family = family
+
+    try:
+        return make_server(host, port, app, Server, WSGIRequestHandler)
+    except OSError as exc:
+        # an address this machine does not have is the host's fault; anything else (in use,
+        # a privileged port) the port's
+        host_errors = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+        flag = "--host" if exc.errno in host_errors else "--port"
+        where = f"{_url_host(host)}:{port}"
+        raise InputError(flag, None, f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _stop_now(signum: int, frame: Any) -> None:
