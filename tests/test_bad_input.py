@@ -171,7 +171,8 @@ ROWS = [
         TV_BASE.format("").replace(
             "space: {", "space: {optimizer: {type: categorical, choices: [SGD, RMSprop]}, "),
         ["--set", "search.baseline=false"],
-        "s.yaml: space.optimizer.choices: must be one of SGD, AdamW, got 'RMSprop'",
+        "s.yaml (with --set search.baseline): space.optimizer.choices: must be one of SGD, "
+        "AdamW, got 'RMSprop'",
     ),
     (
         "an integer key searched as a float range",
@@ -233,6 +234,12 @@ ROWS = [
      space_text(**{"search.pruner": {"name": "hyperband"}}),
      ["--set", "search.pruner.args.min_resource=0"],
      "s.yaml (with --set): search.pruner.args: hyperband fails with these arguments"),
+    ("--set that puts a range of the file out of bounds",
+     TV_BASE.format("").replace(
+         "space: {", "space: {unfreeze_epoch: {type: int, low: 0, high: 1}, "),
+     ["--set", "trainer.epochs=1"],
+     "s.yaml (with --set trainer.epochs): space.unfreeze_epoch: 1 is outside the valid range "
+     "[0, 0]"),
     ("--set of a whole mapping", space_text(),
      ["--set", "search.pruner={name: median, args: {n_startup: 1}}"],
      "--set: search.pruner.args.n_startup: not an argument of median"),

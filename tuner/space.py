@@ -241,6 +241,9 @@ def blamed(
     (``--set: search.seed: ...``): the file never said what the error is about. When flags
     set only part of the field (``--set search.pruner.args.min_resource=0`` and an error
     about ``search.pruner.args``), the file and the flags share it: ``s.yaml (with --set)``.
+    An error of a field the flags did not touch may still be theirs (``--set
+    trainer.epochs=4`` puts the file's ``unfreeze_epoch`` range out of bounds): the flags
+    are named beside the file, ``s.yaml (with --set trainer.epochs)``.
     """
     if field_name:
         keys = [k for k in origins if field_name == k or field_name.startswith(k + ".")]
@@ -252,6 +255,9 @@ def blamed(
         inside = sorted({flag for k, flag in origins.items() if k.startswith(field_name + ".")})
         if inside:
             return InputError(f"{source} (with {', '.join(inside)})", field_name, message)
+    if origins:
+        given = sorted({f"--set {k}" if flag == "--set" else flag for k, flag in origins.items()})
+        return InputError(f"{source} (with {', '.join(given)})", field_name, message)
     return InputError(source, field_name, message)
 
 
