@@ -53,6 +53,9 @@ def test_failing_trials_keep_their_reason_and_the_study_goes_on(
 ):
     (workdir / "f.yaml").write_text(SPACE.format(setting=setting))
     assert main(["search", "--space", "f.yaml"]) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if " FAIL " in line]
+    # n/N counts finished trials; a failed one's line says it is not among them
+    assert progress and all("FAIL     (not counted)" in line for line in progress)
     failed, status = failed_and_status(capsys)
     assert failed, "lr0 above 0.01 is drawn, so some trials must fail"
     for trial in failed:

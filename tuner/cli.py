@@ -62,6 +62,9 @@ class Progress:
         detail = f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs is not None else ""
         if state == "COMPLETE" and trial.values:
             detail += f"  {self.metric} {trial.values[0]:.4f}"
+        if state == "FAIL":
+            # n/N counts finished trials: a failed one is not among them
+            detail = f"(not counted) {detail}"
         if state == "FAIL" or trial.user_attrs.get("diverged"):
             detail += f"  reason: {trial.user_attrs.get('fail_reason', 'unknown')}"
         if trial.user_attrs.get("baseline"):
