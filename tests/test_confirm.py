@@ -326,7 +326,8 @@ def test_confirmation_at_full_length_trains_longer_and_never_mixes_lengths(workd
     # the same length, said either way, is the same measurement: nothing is re-trained
     for flags in (["--epochs", "2"], ["--set", "trainer.epochs=2"]):
         assert main(["confirm", "--space", "c.yaml", "--top-k", "1", *flags]) == 0
-        assert "(4 runs, 4 done earlier)" in capsys.readouterr().err
+        err = capsys.readouterr().err
+    assert "(4 runs, 4 done earlier)" in err and "confirm: nothing to train, on record: " in err
     # a record of an older tuner (no length: its runs were a trial's length) is kept as well
     attr = dict(load().user_attrs["confirm"])
     del attr["epochs"]

@@ -490,7 +490,8 @@ def run_confirm(
     n_total = len(trials) * len(seeds)
     done = n_total - len(todo)
     say(
-        f"confirm: re-training the top {len(chosen)} trials"
+        f"confirm: {'re-training' if todo else 'nothing to train, on record:'} "
+        f"the top {len(chosen)} trials"
         + (f" and the baseline (trial {base.number})" if extra else "")
         + f" on fresh trainer seeds {', '.join(map(str, seeds))}"
         + scoring_text(length, how)
