@@ -240,6 +240,8 @@ ROWS = [
      ["--set", "trainer.epochs=1"],
      "s.yaml (with --set trainer.epochs): space.unfreeze_epoch: 1 is outside the valid range "
      "[0, 0]"),
+    ("--set of a name YAML reads as a number", space_text(), ["--set", "study=1e5"],
+     "--set: study: must be a non-empty string, got 100000.0 (YAML read a number: quote it)"),
     ("--set of a whole mapping", space_text(),
      ["--set", "search.pruner={name: median, args: {n_startup: 1}}"],
      "--set: search.pruner.args.n_startup: not an argument of median"),

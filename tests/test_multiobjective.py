@@ -94,6 +94,9 @@ def test_pick_errors():
     with pytest.raises(InputError, match="no complete trial trained within 1 s; the fastest, "
                                          "trial 3, took 2 s"):
         pick_trial(study, rule="max-time=1")
+    # `tuner confirm` refuses several objectives: the hint must not send the user there
+    with pytest.raises(InputError, match="several objectives, which `tuner confirm` does not"):
+        pick_trial(study, rule="confirmed")
     for bad in ["fastest", "max-time=", "max-time=-3", "max-time=abc", "max-time"]:
         with pytest.raises(InputError, match="--pick"):
             parse_pick(bad)

@@ -170,6 +170,12 @@ def pick_trial(
 
 
 def _confirmed(study: optuna.Study, record: ConfirmRecord | None) -> Pick:
+    if record is None and len(study.directions) > 1:
+        raise InputError(
+            "--pick", None, f"study {study.study_name!r} has several objectives, which "
+            "`tuner confirm` does not confirm; use --pick knee, best-metric or "
+            "max-time=SECONDS"
+        )
     if record is None:
         raise InputError(
             "--pick", None, f"study {study.study_name!r} has not been confirmed; run "

@@ -302,7 +302,10 @@ class _Ctx:
 
     def string(self, value: Any, field_name: str, choices: Iterable[str] | None = None) -> str:
         if not isinstance(value, str) or not value:
-            raise self.error(field_name, f"must be a non-empty string, got {value!r}")
+            # YAML reads 1e5, 007 or yes as a number or a boolean: quoted, they stay text
+            read = "true/false" if isinstance(value, bool) else "a number"
+            hint = f" (YAML read {read}: quote it)" if isinstance(value, int | float) else ""
+            raise self.error(field_name, f"must be a non-empty string, got {value!r}{hint}")
         if choices is not None and value not in (choices := list(choices)):
             raise self.error(
                 field_name, f"unknown value {value!r}; choose from {', '.join(choices)}"
