@@ -388,6 +388,32 @@ def test_ray_address_of_a_server_that_is_not_ray_fails_in_seconds(
     assert [p for p in leftovers if ".cache" in p.relative_to(studies).parts] == leftovers
 
 
+def test_the_ray_address_probe_accepts_a_grpc_server():
+    """What a Ray GCS answers to an HTTP/2 preface: a SETTINGS frame first (the tests above
+    only see refusals; a probe refusing everything would pass them)."""
+    from tuner.cli import HTTP2_PREFACE, _check_ray_address
+
+    received = []
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+
+        def answer() -> None:
+            conn, _ = sock.accept()
+            with conn:
+                received.append(conn.recv(len(HTTP2_PREFACE)))
+                conn.sendall(bytes(3) + b"\x04" + bytes(5))  # SETTINGS, empty, stream 0
+                received.append(conn.recv(64))  # the probe's GOAWAY
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        _check_ray_address(f"127.0.0.1:{sock.getsockname()[1]}")
+        thread.join(timeout=5)
+    assert received[0] == HTTP2_PREFACE and received[1][3:4] == b"\x07"  # a polite GOAWAY
+    with pytest.raises(InputError, match="port must be in 1 .. 65535, got 99999"):
+        _check_ray_address("127.0.0.1:99999")  # the resolver would take port 34463
+
+
 @pytest.mark.parametrize("command", [
     ["status"], ["export", "--out", "x.yaml"], ["report"], ["dashboard"],
 ])

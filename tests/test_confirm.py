@@ -205,6 +205,48 @@ def test_a_failing_confirmation_run_is_recorded_and_the_rest_go_on(workdir, caps
     capsys.readouterr()
     assert main(["status", "--storage", URL]) == 0
     assert "1 failed" in capsys.readouterr().out
+    # a crash (out of memory beside another job, a timeout) is not what the hyps measure: a
+    # later confirmation trains those runs again, and only those
+    said = []
+    again = cf.run_confirm(load(), config, config.make_adapter(workdir), workdir / "out", 2, 2,
+                           said.append, make_adapter=lambda seeded: seeded.make_adapter(workdir))
+    assert all(again.runs[n][2] is not None for n in again.confirmed)
+    assert {n: again.runs[n][1] for n in again.confirmed} == {
+        n: record.runs[n][1] for n in record.confirmed}
+    assert any(f"{len(record.confirmed)} earlier runs that failed" in line for line in said)
+
+
+def test_a_diverged_confirmation_run_is_not_trained_again(workdir):
+    """A divergence is the hyps' doing: on the same seed it would only diverge again."""
+    from trainer.base import DivergedError
+
+    (workdir / "c.yaml").write_text(SPACE)
+    assert main(["search", "--space", "c.yaml"]) == 0
+    config = load_space(workdir / "c.yaml")
+    calls = []
+
+    def diverging(seeded):
+        adapter = seeded.make_adapter(workdir)
+        run = adapter.run
+
+        def counted(hyp, reporter, trial_dir):
+            calls.append(adapter.settings.seed)
+            if adapter.settings.seed == 2:
+                raise DivergedError("non-finite val/loss at epoch 1")
+            return run(hyp, reporter, trial_dir)
+
+        adapter.run = counted
+        return adapter
+
+    first = cf.run_confirm(load(), config, config.make_adapter(workdir), workdir / "out", 2, 2,
+                           print, make_adapter=diverging)
+    n_first = len(calls)
+    again = cf.run_confirm(load(), config, config.make_adapter(workdir), workdir / "out", 2, 2,
+                           print, make_adapter=diverging)
+    assert len(calls) == n_first  # nothing trained again
+    reasons = [r for by_seed in again.reasons.values() for r in by_seed.values()]
+    assert again.reasons == first.reasons and reasons
+    assert all(r.startswith("DivergedError") for r in reasons)
 
 
 def test_confirm_command_on_an_existing_study(workdir, capsys):

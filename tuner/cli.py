@@ -196,6 +196,8 @@ def _check_ray_address(address: str) -> None:
         raise InputError(
             "--ray-address", None, f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}"
         )
+    if not 0 < int(port) <= 65535:  # the resolver would keep the low 16 bits of 99999
+        raise InputError("--ray-address", None, f"port must be in 1 .. 65535, got {port}")
     # with RAY_USE_TLS Ray's gRPC is behind TLS, which a plain HTTP/2 preface cannot pass: only
     # the TCP connection is checked then
     tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
@@ -210,7 +212,10 @@ def _check_ray_address(address: str) -> None:
             "--ray-address", None, f"cannot reach a Ray cluster at {address}: {reason}"
         ) from None
     if not_ray:
-        raise InputError("--ray-address", None, f"{address} is not a Ray cluster: {not_ray}")
+        raise InputError(
+            "--ray-address", None,
+            f"{address} is not a Ray cluster: {not_ray} (a cluster with TLS needs RAY_USE_TLS=1)",
+        )
 
 
 def _not_grpc(sock: Any, deadline: float) -> str | None:

@@ -32,7 +32,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from trainer.base import Adapter, NullReporter
+from trainer.base import Adapter, DivergedError, NullReporter
 from tuner import interrupt
 from tuner.errors import InputError
 from tuner.objective import (
@@ -521,6 +521,10 @@ def run_confirm(
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the rest go on
+            if interrupt.received() is not None:
+                # it died of the interrupt (a loader worker killed by the same Ctrl-C): it is
+                # missing, not failed
+                raise KeyboardInterrupt(interrupt.received()) from exc
             value = None
             reasons[trial.number][seed] = failure_reason(exc)
             shown = f"failed: {reasons[trial.number][seed]}"
@@ -636,7 +640,7 @@ def _reuse(
     # runs of this length outside the confirmation, by how they were scored
     leftover: dict[str, tuple[str, _Tables]] = {}
     seen: set[tuple[int, int]] = set()
-    n_rescored = n_dropped = 0
+    n_rescored = n_dropped = n_retried = 0
     for group in (g for g in groups if asked.takes(g)):
         rescore = asked.reduce if group.reduce != asked.reduce else None
         for number, by_seed in group.runs.items():
@@ -650,6 +654,11 @@ def _reuse(
                     _, tables = leftover.setdefault(group.reduce, (group.direction, _Tables()))
                     tables.put(number, seed, value, reason, curve)
                     continue
+                if value is None and not _diverged(reason):
+                    # out of memory beside another job, a timeout, a crash: not what the
+                    # hyps measure, so it trains again (a divergence would only repeat)
+                    n_retried += 1
+                    continue
                 if value is not None and rescore is not None:
                     if not curve:
                         n_dropped += 1
@@ -660,10 +669,18 @@ def _reuse(
     if n_rescored or n_dropped:
         say(f"confirm: {n_rescored} earlier runs re-scored by their {asked.reduce} epoch"
             + (f"; {n_dropped} without a recorded curve train again" if n_dropped else ""))
+    if n_retried:
+        say(f"confirm: {n_retried} earlier run{'s' if n_retried != 1 else ''} that failed "
+            "(not by diverging) train again")
     return (*others, *(
         KeptRuns(asked.metric, direction, asked.length, how, t.runs, t.reasons, t.curves)
         for how, (direction, t) in leftover.items()
     ))
+
+
+def _diverged(reason: str | None) -> bool:
+    """Whether a failed run's recorded reason is a divergence (NaN or infinite values)."""
+    return bool(reason) and reason.startswith(DivergedError.__name__)
 
 
 def _prepared(config: StudyConfig) -> Adapter:

@@ -151,7 +151,7 @@ def _listen(host: str, port: int, app: Any) -> Any:
         # the address family of the host (IPv6 for ::1), which wsgiref's server does not pick
         family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                     flags=socket.AI_PASSIVE)[0][0]
-    except (socket.gaierror, UnicodeError) as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:  # ValueError: a NUL in it
         reason = getattr(exc, "strerror", None) or str(exc)
         raise InputError("--host", None, f"cannot listen on {host}: {reason}") from None
 
@@ -164,7 +164,9 @@ def _listen(host: str, port: int, app: Any) -> Any:
         # an address this machine does not have is the host's fault; anything else (in use,
         # a privileged port) the port's
         host_errors = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
-        flag = "--host" if exc.errno in host_errors else "--port"
+        # a resolver error (gaierror, negative EAI_* codes) in wsgiref's own lookup too
+        resolver = isinstance(exc, socket.gaierror)
+        flag = "--host" if resolver or exc.errno in host_errors else "--port"
         where = f"{_url_host(host)}:{port}"
         raise InputError(flag, None, f"cannot listen on {where}: {exc.strerror or exc}") from None
 
