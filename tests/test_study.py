@@ -630,3 +630,28 @@ def test_processes_opening_a_new_sqlite_file_at_once_all_get_the_study(tmp_path)
         start = time.time() + 3.0  # after every process has imported optuna
         results = pool.starmap(_open_at, [(url, start)] * 4)
     assert results == ["ok"] * 4
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_search_draws_new_configurations(workdir, sampler):
+    """A resumed process seeded as the study was drew its start-up points again and so
+    re-trained configurations the study already had; a new study keeps its seed."""
+    from tuner.cli import main
+
+    (workdir / "s.yaml").write_text(
+        "study: r\ntrainer: {adapter: curve, epochs: 2}\nobjective: {metric: val/acc}\n"
+        f"search: {{n_trials: 3, seed: 0, sampler: {{name: {sampler}}}, pruner: {{name: none}}}}\n"
+        "space:\n  lr0: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
+        "  momentum: {type: float, low: 0.6, high: 0.98}\n"
+    )
+    assert main(["search", "--space", "s.yaml"]) == 0
+    first = [t.params for t in optuna.load_study(study_name="r",
+                                                 storage="sqlite:///studies/r.db").trials]
+    assert main(["search", "--space", "s.yaml", "--n-trials", "6"]) == 0
+    study = optuna.load_study(study_name="r", storage="sqlite:///studies/r.db")
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(params) == 6 and len(set(params)) == 6  # nothing drawn twice
+    # the same study made again from nothing draws what the first run drew
+    assert main(["search", "--space", "s.yaml", "--study", "r2"]) == 0
+    again = optuna.load_study(study_name="r2", storage="sqlite:///studies/r2.db").trials
+    assert [t.params for t in again] == first

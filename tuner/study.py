@@ -349,8 +349,14 @@ def _is_of(value: Any, wanted: type) -> bool:
     return isinstance(value, int) if wanted is int else isinstance(value, int | float)
 
 
-def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    """The configured sampler, seeded."""
+def make_sampler(config: StudyConfig, n_started: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded.
+
+    Args:
+        config: The space.
+        n_started: Trials the study has started before this process joins it (a resume, a
+            late worker): the sampler's seed is then :func:`resume_seed`'s.
+    """
     search = config.search
     entry = SAMPLERS.get(search.sampler.name)
     if entry is not None and config.objective.is_multi and not entry.multi_objective:
@@ -358,7 +364,26 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
             "search.sampler.name",
             f"{search.sampler.name} cannot optimise several objectives; use tpe, nsga2 or random",
         )
-    return _build(SAMPLERS, search.sampler, "search.sampler", config, seed=search.seed)
+    seed = resume_seed(search.seed, n_started)
+    return _build(SAMPLERS, search.sampler, "search.sampler", config, seed=seed)
+
+
+def resume_seed(seed: int | None, n_started: int) -> int | None:
+    """The sampler seed of a process that joins a study which has started ``n_started`` trials.
+
+    The study's seed alone made a resumed search draw its start-up points again, so that it
+    re-trained configurations the study already had; mixed with the count, a new study keeps
+    its seed (its draws reproduce exactly) and a resume goes on with other draws.
+    """
+    if seed is None or n_started == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{n_started}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
+
+def n_started(study: optuna.Study) -> int:
+    """Trials the study has started: every state but WAITING (an enqueued baseline)."""
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -429,7 +454,8 @@ def create_or_load(
     """
     directions = [t.direction for t in config.objective.targets]
     retake = False
-    if config.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+    exists = config.study in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if exists:
         stored = optuna.load_study(study_name=config.study, storage=storage)
         check_objective(stored, config)
         try:
@@ -445,7 +471,7 @@ def create_or_load(
         storage=storage,
         study_name=config.study,
         directions=directions,
-        sampler=make_sampler(config),
+        sampler=make_sampler(config, n_started(stored) if exists else 0),
         pruner=make_pruner(config),
         load_if_exists=True,
     )

@@ -543,7 +543,7 @@ def _run_on_ray(job: SearchJob, metric: str | list[str], mode: str | list[str]) 
         space=_space_function(config),
         metric=metric,
         mode=mode,
-        sampler=st.make_sampler(config),
+        sampler=st.make_sampler(config, st.n_started(job.study)),
         study_name=job.study.study_name,
         storage=job.study._storage,
     )
