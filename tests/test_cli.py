@@ -93,6 +93,10 @@ def test_export_and_status(space, workdir, capsys):
     url = "sqlite:///studies/demo-cli.db"
     assert main(["export", "--storage", url, "--trial", "0", "--out", "t0.yaml"]) == 0
     assert yaml.safe_load((workdir / "t0.yaml").read_text())["lr0"] == 0.001
+    # the header's command names the file as written: a bare name fails outside its folder
+    assert main(["export", "--storage", url, "--format", "ultralytics",
+                 "--out", "sub/u.yaml"]) == 0
+    assert "yolo train cfg=sub/u.yaml" in (workdir / "sub" / "u.yaml").read_text()
     assert main(["export", "--storage", url, "--study", "nope", "--out", "t.yaml"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
     assert main(["export", "--storage", url, "--trial", "99", "--out", "t.yaml"]) == 2

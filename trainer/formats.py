@@ -60,6 +60,17 @@ def _strategy_notes(hyp: Mapping[str, Any], pipeline: str) -> list[str]:
     return notes
 
 
+def _freeze_note(hyp: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """A freeze index from another kind of model means other layers in a YOLO pipeline."""
+    adapter, freeze = settings.get("adapter"), hyp.get("freeze", 0)
+    if adapter in ("yolov5", "ultralytics") or not freeze:
+        return []
+    model = f" of {settings['model']}" if settings.get("model") else ""
+    return [f"note: freeze={freeze} counted the {adapter} study's blocks{model}; YOLO counts "
+            "model modules (YOLOv5s: 10 = the backbone, 24 = all but Detect): set it for "
+            "your model"]
+
+
 def _gain_notes(hyp: Mapping[str, Any], study_pipeline: str, pipeline: str) -> list[str]:
     gains = sorted(k for k in hyp if k in LOSS_GAINS)
     if not gains:
@@ -215,7 +226,8 @@ def _yolov5(hyp: Mapping[str, Any], settings: Mapping[str, Any], filename: str) 
     header = [f"use with (from your YOLOv5 checkout): {shlex.join(cmd)}"]
     header += _epochs_note(settings, "--epochs in the command",
                            "add --epochs N (train.py alone trains its default length)")
-    header += _strategy_notes(hyp, "YOLOv5 train.py") + notes + _synthetic_note(data)
+    header += _strategy_notes(hyp, "YOLOv5 train.py") + _freeze_note(hyp, settings) + notes
+    header += _synthetic_note(data)
     return yolov5_hyp_file(hyp), header
 
 
@@ -284,7 +296,8 @@ def _ultralytics(hyp: Mapping[str, Any], settings: Mapping[str, Any], filename: 
     header += _epochs_note(settings, "epochs in this file",
                            "add epochs=N to the command (`yolo train` alone trains its "
                            "default, 100)")
-    header += _strategy_notes(hyp, "`yolo train`") + notes + _synthetic_note(out["data"])
+    header += _strategy_notes(hyp, "`yolo train`") + _freeze_note(hyp, settings) + notes
+    header += _synthetic_note(out["data"])
     return out, header
 
 

@@ -447,7 +447,8 @@ def export(
         The pick and the text written.
     """
     chosen = pick_trial(study, number, pick, confirmation)
-    text = render(study, chosen, fmt, command, Path(out).name, confirmation)
+    # the path as written (relative to where the tuner ran): a bare name fails elsewhere
+    text = render(study, chosen, fmt, command, str(out), confirmation)
     write_atomic(out, text)
     return chosen, text
 

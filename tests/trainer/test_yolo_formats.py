@@ -100,6 +100,15 @@ def test_yolov5_format_from_a_built_in_trainer_study_maps_its_optimiser():
                                          {"adapter": "torchvision"}, "h.yaml")
     assert "--optimizer" not in header[0]
     assert any("optimizer=RMSprop" in line for line in header)
+    # freeze 2 counted ResNet blocks; in YOLO it would freeze modules 0-1: said, in both formats
+    for fmt in ("yolov5", "ultralytics"):
+        _, header = FORMATS[fmt].render(hyp, {"adapter": "torchvision", "model": "resnet18"},
+                                        "h.yaml")
+        assert any(line.startswith("note: freeze=2 counted the torchvision study's blocks of "
+                                   "resnet18; YOLO counts model modules") for line in header)
+    _, header = FORMATS["yolov5"].render({**ULTRALYTICS_HYP, "freeze": 10},
+                                         {"adapter": "ultralytics"}, "h.yaml")
+    assert not any("counted the" in line for line in header)  # both count YOLO modules
 
 
 def test_an_ultralytics_study_keeps_its_optimiser_in_the_yolov5_command():
