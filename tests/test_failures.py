@@ -100,6 +100,11 @@ def test_crashed_training_subprocess_is_a_failed_trial(workdir, capsys):
     script.write_text(SCRIPT)
     (workdir / "f.yaml").write_text(COMMAND_SPACE.format(script=script))
     assert main(["search", "--space", "f.yaml"]) == 0
+    # the log tail is several lines: each progress line stays one line, status has it all
+    lines = capsys.readouterr().err.splitlines()
+    fails = [line for line in lines if " FAIL " in line]
+    assert fails and all(line.endswith("s") and "| complete" in line for line in fails)
+    assert all("(tuner status shows all)" in line for line in fails)
     failed, status = failed_and_status(capsys)
     assert failed
     for trial in failed:

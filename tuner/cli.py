@@ -66,7 +66,10 @@ class Progress:
             # n/N counts finished trials: a failed one is not among them
             detail = f"(not counted) {detail}"
         if state == "FAIL" or trial.user_attrs.get("diverged"):
-            detail += f"  reason: {trial.user_attrs.get('fail_reason', 'unknown')}"
+            # a script's log tail is several lines: its first here, all of it in `tuner status`
+            lines = str(trial.user_attrs.get("fail_reason", "unknown")).splitlines() or [""]
+            more = " ... (tuner status shows all)" if len(lines) > 1 else ""
+            detail += f"  reason: {lines[0]}{more}"
         if trial.user_attrs.get("baseline"):
             detail += "  (baseline)"
         best = best_trial(study) if len(study.directions) == 1 else None
@@ -351,7 +354,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     print(
         f"study {config.study!r}  storage {storage_url}  adapter {config.trainer.adapter}  "
-        f"objective {target.metric} ({target.direction})",
+        "objective " + ", ".join(f"{t.metric} ({t.direction})" for t in config.objective.targets),
         file=err,
     )
     notice = st.pruning_disabled_notice(config)

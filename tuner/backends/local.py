@@ -35,7 +35,7 @@ def run(job: SearchJob) -> None:
 
 def run_here(job: SearchJob) -> None:
     """Prepare the adapter once, then run trials in this process."""
-    job.say("preparing trainer (data decoded once, shared by all trials)...")
+    job.say("preparing trainer (once per process, shared by all trials)...")
     started = time.perf_counter()
     job.config.prepare(job.adapter)
     job.say(f"ready in {time.perf_counter() - started:.1f}s")
