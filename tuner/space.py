@@ -549,12 +549,13 @@ def _check_base_values(
     ctx: _Ctx,
     base: Mapping[str, Any],
     limits: Mapping[str, tuple[float, float]],
-    adapter: Adapter,
+    defaults: Mapping[str, Any],
+    choices: Mapping[str, Sequence[Any]],
 ) -> None:
     """A base value outside its key's valid range would train the baseline (and every trial
     that does not search the key) on a setting that means nothing; one of another type than
-    the key's (``fliplr: half``, ``optimizer: Lion``) would fail every trial."""
-    defaults, choices = adapter.default_hyp(), adapter.hyp_choices()
+    the key's default (``fliplr: half``) or outside the adapter's ``choices`` (``optimizer:
+    Lion``) would fail every trial."""
     for key, value in base.items():
         if key in defaults:
             problem = hyp_value_problem(value, defaults[key], choices.get(key))
@@ -594,28 +595,32 @@ def _folded(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-def _check_spec_type(ctx: _Ctx, spec: ParamSpec, adapter: Adapter) -> None:
+def _check_spec_type(
+    ctx: _Ctx,
+    spec: ParamSpec,
+    defaults: Mapping[str, Any],
+    choices: Mapping[str, Sequence[Any]],
+) -> None:
     """A searched key's values must be of the key's type: every categorical choice, and a
     numeric range only for a number (``type: int`` for an integer key)."""
-    defaults = adapter.default_hyp()
     if spec.name not in defaults:
         return
     default = defaults[spec.name]
     field_name = f"space.{spec.name}"
     if spec.type == "categorical":
         for choice in spec.choices:
-            problem = hyp_value_problem(choice, default, adapter.hyp_choices().get(spec.name))
+            problem = hyp_value_problem(choice, default, choices.get(spec.name))
             if problem:
                 raise ctx.error(f"{field_name}.choices", problem)
         return
-    if isinstance(default, bool) or isinstance(default, str):
-        choices = "[true, false]" if isinstance(default, bool) else "of strings"
+    if isinstance(default, bool | str):
+        kind, listed = (("true or false", "[true, false]") if isinstance(default, bool)
+                        else ("a string", "of strings"))
+        article = "an" if spec.type == "int" else "a"
         raise ctx.error(
             f"{field_name}.type",
-            f"{spec.name} is {'true or false' if isinstance(default, bool) else 'a string'} "
-            f"(default {default!r}), not {'an' if spec.type == 'int' else 'a'} {spec.type} "
-            "range: search it as type: categorical "
-            f"with choices {choices}",
+            f"{spec.name} is {kind} (default {default!r}), not {article} {spec.type} range: "
+            f"search it as type: categorical with choices {listed}",
         )
     if isinstance(default, int) and spec.type == "float":
         raise ctx.error(
@@ -755,7 +760,9 @@ def load_space(
         _check_base_keys(ctx, base, adapter, name)
     # the keys' own valid ranges, and the adapter's that depend on its settings (freeze)
     limits = {**HYP_BOUNDS, **adapter.limits()}
-    _check_base_values(ctx, base, limits, adapter)
+    # each key's type is its default's; the adapter's fixed sets (optimizer) on top
+    defaults, choices = adapter.default_hyp(), adapter.hyp_choices()
+    _check_base_values(ctx, base, limits, defaults, choices)
     search = _parse_search(ctx, raw.get("search"), objective.is_multi)
     if search.confirm.top_k:
         problem = confirm_problem(objective.is_multi, adapter, name)
@@ -777,7 +784,7 @@ def load_space(
                 f"adapter {name!r} cannot tune this key; "
                 f"it supports {', '.join(sorted(supported))}",
             )
-        _check_spec_type(ctx, spec, adapter)
+        _check_spec_type(ctx, spec, defaults, choices)
         _check_limits(ctx, spec, limits.get(key))
         space[key] = spec
     searched = {key: spec.to_dict() for key, spec in space.items()}
